@@ -1,0 +1,33 @@
+# Set-up, demo and tests on a fresh machine. `make demo` and `make test` do all the set-up they need.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# The CPU build of torch is installed first: a bare `torch` requirement would pull several GB of
+# CUDA packages. On a GPU machine, install the torch build you want first and set TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-unit test-dist clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The embedded default: tiny Llama, bundled instruction data, LoRA on DDP, 2 CPU workers, W&B offline.
+demo: setup
+	WANDB_MODE=offline $(VENV)/bin/shardtune train logger=wandb
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+test-unit: setup
+	$(PYTHON) -m pytest -q tests/unit
+
+test-dist: setup
+	$(PYTHON) -m pytest -q tests/dist
+
+clean:
+	rm -rf runs outputs multirun wandb .pytest_cache

@@ -1,0 +1,76 @@
+"""`shardtune <command> [hydra overrides]`: the commands users run.
+
+train  validate the composed config, write the run directory, start torchrun workers
+plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop
+"""
+import json
+import logging
+import sys
+import tempfile
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_configs
+from .validation import ConfigError
+
+log = logging.getLogger("shardtune")
+USAGE = __doc__
+
+
+def train(cfg: DictConfig) -> None:
+    from .launcher.torchrun import plan_launch, run_torchrun, write_run_config
+    plan = plan_launch(cfg)
+    write_run_config(cfg, plan)
+    log.info("run directory %s; %d workers (%s): %s", plan.config_path.parent, plan.world_size, plan.device_type,
+             plan.command_line())
+    returncode = run_torchrun(plan)
+    if returncode:
+        sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {plan.config_path.parent}")
+
+
+def plan(cfg: DictConfig) -> None:
+    from .launcher.memory import estimate_memory
+    from .launcher.torchrun import plan_launch
+    launch = plan_launch(cfg)
+    print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
+    print(f"world size: {launch.world_size} ({cfg.launcher.nnodes} node(s) x {launch.nproc_per_node} "
+          f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
+    print(f"global batch: {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {launch.world_size} = "
+          f"{cfg.train.micro_batch_size * cfg.train.grad_accum * launch.world_size} sequences of <= {cfg.train.seq_len} tokens")
+    print(f"command: {launch.command_line()}")
+    if "stage" in cfg.strategy:
+        from .trainer.model import DTYPES
+        from .trainer.strategies.deepspeed import deepspeed_config
+        print("DeepSpeed config:\n" + json.dumps(deepspeed_config(cfg, DTYPES[cfg.train.precision]), indent=2))
+    print(estimate_memory(cfg, launch.world_size).format())
+
+
+COMMANDS = {"train": train, "plan": plan}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command = sys.argv.pop(1)
+    if command not in COMMANDS:
+        sys.exit(f"shardtune: unknown command {command!r}\n{USAGE}")
+    if command == "plan":
+        # Hydra creates its run directory before the task runs; plan must leave output_dir untouched.
+        sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='shardtune-plan-')}")
+    register_configs()
+    task = COMMANDS[command]
+
+    def guarded(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except ConfigError as error:
+            sys.exit(f"shardtune: config error: {error}")
+
+    guarded.__module__ = __name__  # Hydra resolves config_path against the task's module
+    hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The typed config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The dataclasses are the schema and the documentation. YAML files under conf/ only choose a group
+option and override fields. OmegaConf refuses unknown keys and wrong types against these classes;
+`validate` (in validation.py) adds the rules that span several fields.
+"""
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+def asset_path(name: str) -> str:
+    """Absolute path of a file or folder shipped in shardtune/assets (used as ${asset:name} in YAML)."""
+    return str(resources.files("shardtune") / "assets" / name)
+
+
+if not OmegaConf.has_resolver("asset"):
+    OmegaConf.register_new_resolver("asset", asset_path)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    """Short name used in run names and logs."""
+    name_or_path: Optional[str] = None
+    """Hub id or local directory of a pretrained model. Ignored (and may be null) when init=random."""
+    tokenizer: Optional[str] = None
+    """Tokenizer hub id or directory; defaults to name_or_path."""
+    init: str = "pretrained"
+    """pretrained: load weights from name_or_path. random: build from `architecture` (tests, benchmarks)."""
+    architecture: Dict[str, Any] = field(default_factory=dict)
+    """transformers config fields (model_type, hidden_size, ...). Used for init=random and by `shardtune plan`."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of name_or_path."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel passed to transformers: sdpa, eager, flash_attention_2, ..."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class FullMethodConfig:
+    """Full fine-tuning: every weight is trained."""
+    name: str = "full"
+
+
+@dataclass
+class LoraMethodConfig:
+    """LoRA adapters (peft) over a frozen base model."""
+    name: str = "lora"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt, or ["all-linear"] for every linear layer but the output head."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+
+@dataclass
+class QLoraMethodConfig(LoraMethodConfig):
+    """LoRA over a quantized frozen base (bitsandbytes): 4-bit NF4/FP4, or LLM.int8 with bits=8."""
+    name: str = "qlora"
+    bits: int = 4
+    """4 (NF4/FP4) or 8 (LLM.int8)."""
+    quant_type: str = "nf4"
+    """nf4 or fp4 (4-bit only)."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (4-bit only): saves about 0.4 bits per weight."""
+    compute_dtype: str = "auto"
+    """Dtype the 4-bit weights are dequantized to for matmuls; auto = the training precision."""
+    quant_storage_dtype: str = "auto"
+    """Dtype the packed 4-bit weights are stored in; auto = uint8."""
+
+
+@dataclass
+class DDPStrategyConfig:
+    """torch DistributedDataParallel: every rank holds the whole model."""
+    name: str = "ddp"
+    bucket_cap_mb: int = 25
+    static_graph: bool = False
+
+
+@dataclass
+class FSDPStrategyConfig:
+    """FSDP2 (torch.distributed.fsdp.fully_shard) per decoder layer, with a mixed-precision policy."""
+    name: str = "fsdp"
+    reshard_after_forward: bool = True
+    """Free gathered weights after forward (ZeRO-3 like); false keeps them until backward (ZeRO-2 like)."""
+    reduce_dtype: str = "fp32"
+    """Dtype of the gradient reduce-scatter."""
+    cpu_offload: bool = False
+    """Keep sharded parameters, gradients and optimizer state in host memory."""
+
+
+@dataclass
+class DeepSpeedStrategyConfig:
+    """DeepSpeed ZeRO. The DeepSpeed JSON is generated from these fields and the train section."""
+    name: str = MISSING
+    stage: int = MISSING
+    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """Optimizer state and step on the CPU (DeepSpeedCPUAdam)."""
+    offload_param: bool = False
+    """Parameters in host memory between uses (stage 3 only)."""
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 50_000_000
+    extra: Dict[str, Any] = field(default_factory=dict)
+    """Expert keys merged last into the generated DeepSpeed JSON (e.g. {zero_optimization: {...}})."""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: str = MISSING
+    """Instruction JSONL file: one {"instruction", "input", "output"} object per line."""
+    val_fraction: float = 0.1
+    """Share of rows held out for validation; the split is deterministic for a given seed."""
+    mask_prompt: bool = True
+    """Train only on the response: prompt tokens get label -100."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: Optional[bool] = None
+    """Fused AdamW kernel; null = use it where the device supports it."""
+    scheduler: str = "cosine"
+    """cosine, linear or constant, each after a linear warmup."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    """Floor of the decayed learning rate, as a fraction of lr."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: Optional[int] = None
+    """Optimizer steps to run. Give this or epochs."""
+    epochs: Optional[float] = None
+    """Passes over the training split. Give this or max_steps."""
+    micro_batch_size: int = 2
+    """Sequences per device per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches accumulated before each optimizer step."""
+    global_batch_size: Optional[int] = None
+    """Optional check: must equal micro_batch_size * grad_accum * world size."""
+    seq_len: int = 512
+    """Longest sequence; longer examples are truncated."""
+    precision: str = "auto"
+    """bf16, fp16 or fp32; auto = bf16 on GPU, fp32 on CPU."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    activation_checkpointing: bool = False
+    seed: int = 42
+    log_interval: int = 1
+    eval_interval: int = 0
+    """Evaluate every N steps (0 = only at the end)."""
+    eval_max_batches: Optional[int] = None
+    """Cap on validation micro-batches per evaluation; null = the whole split."""
+    save_interval: int = 0
+    """Save a resumable checkpoint every N steps (0 = none until the end)."""
+    keep_checkpoints: int = 2
+    """How many periodic checkpoints to keep (oldest deleted first)."""
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    """none or wandb."""
+    project: str = "shardtune"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    mode: Optional[str] = None
+    """online, offline or disabled; null = WANDB_MODE from the environment, else online."""
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LauncherConfig:
+    nproc_per_node: Optional[int] = None
+    """Workers on this node; null = the visible GPUs, or cpu_workers when there is no GPU."""
+    cpu_workers: int = 2
+    """Workers (gloo) when there is no GPU."""
+    device: str = "auto"
+    """auto, cuda or cpu."""
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    """Rendezvous port; 0 picks a free one (single node only)."""
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    method: Any = MISSING
+    strategy: Any = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = MISSING
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    cluster: ClusterConfig = MISSING
+    output_dir: str = MISSING
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    resume: str = "none"
+    """none, auto (newest complete checkpoint in output_dir), or a checkpoint directory."""
+
+
+METHOD_SCHEMAS = {"full": FullMethodConfig, "lora": LoraMethodConfig, "qlora": QLoraMethodConfig}
+STRATEGY_SCHEMAS = {"ddp": DDPStrategyConfig, "fsdp": FSDPStrategyConfig, "deepspeed": DeepSpeedStrategyConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="shardtune_schema", node=Config)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/optim", name="optim", node=OptimConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    cs.store(group="schema/cluster", name="cluster", node=ClusterConfig)
+    for name, schema in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=schema)
+    for name, schema in STRATEGY_SCHEMAS.items():
+        cs.store(group="schema/strategy", name=name, node=schema)
+
+
+def strategy_schema(strategy_cfg) -> type:
+    return DeepSpeedStrategyConfig if "stage" in strategy_cfg else STRATEGY_SCHEMAS[strategy_cfg["name"]]
+
+
+def load_resolved(path) -> Any:
+    """Read a run's resolved config.yaml back into typed OmegaConf nodes (what workers do)."""
+    raw = OmegaConf.load(path)
+    typed = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items() if k not in ("method", "strategy")})
+    typed.method = OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[raw.method.name]), raw.method)
+    typed.strategy = OmegaConf.merge(OmegaConf.structured(strategy_schema(raw.strategy)), raw.strategy)
+    return typed

@@ -1,0 +1,360 @@
+"""Per-GPU memory estimate for `shardtune plan`, from the config alone.
+
+Owns: reading the model's shape (`model_config`), counting parameters without allocating weights
+(`count_parameters`, on the meta device), and turning (method, strategy, precision, batch shape,
+world size) into bytes per GPU (`estimate_memory` -> `MemoryEstimate`). Nothing here loads weights
+or touches a GPU; the numbers are a planning aid built from published rules of thumb, not a
+measurement.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+GIB = 1024**3
+ADAM_STATES_BYTES = 8  # exp_avg + exp_avg_sq, both fp32
+MASTER_COPY_BYTES = 4  # fp32 master weights when the model itself is kept in 16-bit
+CUDA_CONTEXT_BYTES = 1 * GIB  # CUDA context, cuBLAS/NCCL workspaces
+PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+# bitsandbytes 4-bit: one fp32 absmax per 64 weights costs 32/64 = 0.5 bit per weight; double
+# quantization stores those absmax values in 8 bits (8/64) plus an fp32 constant per 256 blocks
+# (32/(64*256)), about 0.127 bit per weight.
+QUANT_CONSTANT_BITS = {True: 8 / 64 + 32 / (64 * 256), False: 32 / 64}
+# Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"), per
+# layer, in bytes with 16-bit activations: s*b*h*(34 + 5*a*s/h). The 5*a*s/h term is the softmax
+# score matrix and its dropout mask, which fused attention kernels never materialise.
+ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 34
+SCORE_MATRIX_FACTOR = 5
+ATTENTION_KEEPING_SCORES = {"eager"}
+
+
+# --------------------------------------------------------------------------- model shape
+
+
+def model_config(model_cfg) -> PretrainedConfig:
+    """The transformers config of `model_cfg`: architecture dict, else local config.json, else the hub."""
+    architecture = _plain_dict(model_cfg.architecture)
+    if architecture:
+        if "model_type" not in architecture:
+            raise ValueError("model.architecture needs a model_type (e.g. llama, mistral, qwen2)")
+        fields = {k: v for k, v in architecture.items() if k != "model_type"}
+        return AutoConfig.for_model(architecture["model_type"], **fields)
+    name_or_path = model_cfg.name_or_path
+    if not name_or_path:
+        raise ValueError("model.name_or_path is empty and model.architecture is not set: one of them must say the model's shape")
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            raise ValueError(f"model.name_or_path={name_or_path!r} is a directory without a config.json")
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_cfg.trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(
+            name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as error:  # offline, unknown repo, or not a valid repo id / path
+        raise ValueError(
+            f"model.name_or_path={name_or_path!r}: cannot read its config ({error}). "
+            "Set model.architecture or point model.name_or_path at a local directory with config.json."
+        ) from error
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from the module tree, without any weights."""
+    num_parameters: int  # every parameter once (tied embeddings counted once)
+    linear_layers: Tuple[LinearLayer, ...]  # every nn.Linear except the output head
+
+
+_SHAPES: Dict[str, ModelShape] = {}  # keyed by the config's JSON: plan and tests ask repeatedly
+
+
+def model_shape(config: PretrainedConfig, trust_remote_code: bool = False) -> ModelShape:
+    key = config.to_json_string(use_diff=False)
+    if key not in _SHAPES:
+        # The meta device gives every tensor a shape and no storage: an 8B model builds in ~1 s.
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        head = model.get_output_embeddings()
+        linear_layers = tuple(
+            LinearLayer(name, module.in_features, module.out_features)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        )
+        _SHAPES[key] = ModelShape(sum(p.numel() for p in model.parameters()), linear_layers)
+    return _SHAPES[key]
+
+
+def adapter_parameter_count(shape: ModelShape, method_cfg) -> int:
+    """LoRA (or DoRA) parameters for the method's rank and target_modules, counted analytically.
+
+    Matching follows peft: "all-linear" is every nn.Linear but the output head; a name matches a
+    module whose qualified name equals it or ends with "." + it. Each adapted Linear(in, out) gets
+    A (rank x in) and B (out x rank); DoRA adds a magnitude vector of length out.
+    """
+    targets = list(method_cfg.target_modules)
+    if targets == ["all-linear"]:
+        adapted = shape.linear_layers
+    else:
+        adapted = tuple(
+            layer for layer in shape.linear_layers
+            if any(layer.name == t or layer.name.endswith("." + t) for t in targets)
+        )
+        if not adapted:
+            raise ValueError(f"method.target_modules={targets} matches no linear layer of the model")
+    dora_magnitude = 1 if method_cfg.use_dora else 0
+    return sum(
+        method_cfg.rank * (layer.in_features + layer.out_features) + dora_magnitude * layer.out_features
+        for layer in adapted
+    )
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    total: int  # the base model
+    quantizable: int  # weights of the linear layers bitsandbytes would quantize (not their biases)
+    trainable: int  # full: total; lora/qlora: the adapters
+
+
+def count_parameters(config: PretrainedConfig, method_cfg, trust_remote_code: bool = False) -> ParameterCounts:
+    shape = model_shape(config, trust_remote_code)
+    quantizable = sum(layer.in_features * layer.out_features for layer in shape.linear_layers)
+    trainable = shape.num_parameters if method_cfg.name == "full" else adapter_parameter_count(shape, method_cfg)
+    return ParameterCounts(shape.num_parameters, quantizable, trainable)
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per GPU, one field per component, and a note per component saying what it assumes."""
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int
+    logits: int
+    cuda_context: int
+    notes: Dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+    num_parameters: int = 0
+    num_trainable_parameters: int = 0
+
+    COMPONENTS = ("weights", "grads", "optimizer", "activations", "logits", "cuda_context")
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, name) for name in self.COMPONENTS)
+
+    def rows(self) -> List[Tuple[str, float, str]]:
+        """(component, GiB per GPU, what it assumes), ending with the total."""
+        rows = [(name, getattr(self, name) / GIB, self.notes.get(name, "")) for name in self.COMPONENTS]
+        return rows + [("total", self.total / GIB, "peak per GPU, before allocator fragmentation")]
+
+    def format(self) -> str:
+        lines = [self.summary] if self.summary else []
+        lines.append(f"{'component':<13} {'GiB/GPU':>8}  assumes")
+        for name, gib, note in self.rows():
+            if name == "total":
+                lines.append("-" * 13 + " " + "-" * 8)
+            lines.append(f"{name:<13} {gib:>8.2f}  {note}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Sharding:
+    """Over how many GPUs each state is split, and what lives in host memory instead."""
+    name: str
+    is_deepspeed: bool
+    weights: int
+    grads: int
+    optimizer: int
+    weights_offloaded: bool
+    grads_offloaded: bool
+    optimizer_offloaded: bool
+
+
+def _sharding(strategy_cfg, world_size: int) -> _Sharding:
+    name = strategy_cfg.name
+    if "stage" in strategy_cfg:  # every DeepSpeed option carries its ZeRO stage
+        stage = strategy_cfg.stage
+        return _Sharding(
+            name, True,
+            weights=world_size if stage >= 3 else 1,
+            grads=world_size if stage >= 2 else 1,
+            optimizer=world_size if stage >= 1 else 1,
+            weights_offloaded=bool(strategy_cfg.offload_param),
+            grads_offloaded=False,
+            optimizer_offloaded=bool(strategy_cfg.offload_optimizer),
+        )
+    if name == "fsdp":
+        offload = bool(strategy_cfg.cpu_offload)
+        return _Sharding(name, False, world_size, world_size, world_size, offload, offload, offload)
+    if name == "ddp":
+        return _Sharding(name, False, 1, 1, 1, False, False, False)
+    raise ValueError(f"strategy.name={name!r}: expected ddp, fsdp or a DeepSpeed option (zero1, zero2, zero3, zero3_offload)")
+
+
+def _dtype_name(value: str, key: str) -> str:
+    name = DTYPE_ALIASES.get(value, value)
+    if name not in PRECISION_BYTES:
+        raise ValueError(f"{key}={value!r}: expected auto, bf16, fp16 or fp32")
+    return name
+
+
+def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
+    """Per-GPU memory of training `cfg` data-parallel over `world_size` GPUs."""
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size}: needs at least one GPU")
+    # `plan` is about GPU memory, where auto means bf16.
+    precision = "bf16" if cfg.train.precision == "auto" else _dtype_name(cfg.train.precision, "train.precision")
+    compute_bytes = PRECISION_BYTES[precision]
+    method = cfg.method
+    config = model_config(cfg.model)
+    counts = count_parameters(config, method, cfg.model.trust_remote_code)
+    shard = _sharding(cfg.strategy, world_size)
+    # DeepSpeed's bf16/fp16 modes cast the whole module to 16-bit and keep fp32 masters inside the
+    # optimizer; DDP and FSDP2 keep fp32 parameters (they are the masters) and cast for compute.
+    deepspeed_16bit = shard.is_deepspeed and compute_bytes == 2
+    trainable_bytes = 2 if deepspeed_16bit else 4
+
+    weights, weights_note = _weights(method, counts, shard, compute_bytes, trainable_bytes, precision)
+    grads = 0 if shard.grads_offloaded else counts.trainable * trainable_bytes // shard.grads
+    grads_note = (
+        "in host memory (FSDP cpu_offload)" if shard.grads_offloaded
+        else f"{_count(counts.trainable)} trainable x {trainable_bytes} B "
+        f"({'DeepSpeed 16-bit grads' if deepspeed_16bit else 'fp32, reduced in fp32'})"
+        + _placement(shard.grads)
+    )
+    optimizer_bytes = ADAM_STATES_BYTES + (MASTER_COPY_BYTES if deepspeed_16bit else 0)
+    if shard.optimizer_offloaded:
+        optimizer, optimizer_note = 0, "AdamW states and fp32 masters in host memory (CPU optimizer step)"
+    else:
+        optimizer = counts.trainable * optimizer_bytes // shard.optimizer
+        optimizer_note = (
+            f"AdamW: 2 fp32 states{' + fp32 master copy' if deepspeed_16bit else ''} = {optimizer_bytes} B/param"
+            + _placement(shard.optimizer)
+        )
+    activations, activations_note = _activations(config, cfg, precision)
+    logits = cfg.train.micro_batch_size * cfg.train.seq_len * config.vocab_size * 4
+    logits_note = (
+        f"b*s*vocab*4 B: logits upcast to fp32 for the loss (vocab {config.vocab_size}); "
+        "often the largest activation for big vocabularies"
+    )
+    method_text = method.name if method.name == "full" else f"{method.name} r={method.rank}"
+    if method.name == "qlora":
+        method_text += f" {method.bits}-bit"
+    return MemoryEstimate(
+        weights=weights, grads=grads, optimizer=optimizer, activations=activations, logits=logits,
+        cuda_context=CUDA_CONTEXT_BYTES,
+        notes={
+            "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note,
+            "activations": activations_note, "logits": logits_note,
+            "cuda_context": "fixed allowance: CUDA context, cuBLAS/NCCL workspaces",
+        },
+        summary=(
+            f"{cfg.model.name} | {method_text} | {shard.name} on {world_size} GPU(s) | {precision} | "
+            f"micro_batch_size {cfg.train.micro_batch_size} x seq_len {cfg.train.seq_len} | "
+            f"{_count(counts.total)} params, {_count(counts.trainable)} trainable"
+        ),
+        num_parameters=counts.total,
+        num_trainable_parameters=counts.trainable,
+    )
+
+
+def _weights(method, counts: ParameterCounts, shard: _Sharding, compute_bytes: int, trainable_bytes: int, precision: str):
+    """Bytes of parameters resident on one GPU, and the note saying why."""
+    if shard.weights_offloaded and shard.is_deepspeed:
+        return 0, "~0: offload_param keeps parameters in host memory; only the layers in use are gathered"
+    if method.name == "full":
+        if compute_bytes == 4:
+            kind = "fp32"
+        elif trainable_bytes == 2:
+            kind = "16-bit (DeepSpeed; its fp32 masters are under optimizer)"
+        else:
+            kind = "fp32 parameters, the masters (cast to 16-bit for compute)"
+        return _resident(counts.total * trainable_bytes, shard), (
+            f"{_count(counts.total)} x {trainable_bytes} B {kind}" + _placement(shard.weights, shard.weights_offloaded)
+        )
+    adapters = counts.trainable * trainable_bytes
+    adapters_text = f"adapters in {'16-bit' if trainable_bytes == 2 else 'fp32'}"
+    if method.name == "lora":
+        return _resident(counts.total * compute_bytes + adapters, shard), (
+            f"frozen base in {precision} + {adapters_text}" + _placement(shard.weights, shard.weights_offloaded)
+        )
+    # qlora: bitsandbytes quantizes every linear weight but the output head; embeddings, norms,
+    # biases and the head stay in the compute dtype.
+    if method.compute_dtype == "auto":
+        compute_name = precision
+    else:
+        compute_name = _dtype_name(method.compute_dtype, "method.compute_dtype")
+    unquantized = (counts.total - counts.quantizable) * PRECISION_BYTES[compute_name]
+    if method.bits == 4:
+        bits = 4 + QUANT_CONSTANT_BITS[bool(method.double_quant)]
+    elif method.bits == 8:
+        bits = 8  # LLM.int8 adds one fp32 scale per output row: negligible
+    else:
+        raise ValueError(f"method.bits={method.bits}: expected 4 or 8")
+    quantized = int(counts.quantizable * bits / 8)
+    base_text = f"{method.bits}-bit linear weights ({bits:.3g} bits each)"
+    rest_text = f"embeddings/norms/head in {compute_name} + {adapters_text}"
+    if shard.name == "fsdp":
+        # FSDP2 does not shard bitsandbytes' packed weights here, so every GPU keeps the whole
+        # quantized base; only the adapters and the unquantized rest are split.
+        return quantized + _resident(unquantized + adapters, shard), (
+            f"{base_text} replicated; {rest_text}" + _placement(shard.weights, shard.weights_offloaded)
+        )
+    return _resident(quantized + unquantized + adapters, shard), (
+        f"{base_text}, {rest_text}" + _placement(shard.weights, shard.weights_offloaded)
+    )
+
+
+def _activations(config: PretrainedConfig, cfg, precision: str) -> Tuple[int, str]:
+    s, b = cfg.train.seq_len, cfg.train.micro_batch_size
+    h, num_layers, a = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    scale = 2 if precision == "fp32" else 1  # the formula counts 16-bit activations
+    keeps_scores = cfg.model.attn_implementation in ATTENTION_KEEPING_SCORES
+    per_token_hidden = ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN + (SCORE_MATRIX_FACTOR * a * s / h if keeps_scores else 0)
+    one_layer = int(s * b * h * per_token_hidden * scale)
+    attention_note = (
+        "eager attention keeps the s x s scores" if keeps_scores
+        else f"{cfg.model.attn_implementation} attention: no s x s score matrix"
+    )
+    if cfg.train.activation_checkpointing:
+        # Only each layer's input survives the forward; backward recomputes one layer at a time.
+        kept_inputs = 2 * s * b * h * num_layers * scale
+        return kept_inputs + one_layer, f"checkpointing: 2*s*b*h*L layer inputs + one layer recomputed; {attention_note}"
+    return num_layers * one_layer, f"L*s*b*h*(34+5as/h) (Korthikanti 2022); {attention_note}"
+
+
+def _resident(num_bytes: int, shard: _Sharding) -> int:
+    """Parameter bytes left on the GPU after sharding (or offloading) them."""
+    return 0 if shard.weights_offloaded else num_bytes // shard.weights
+
+
+def _placement(ways: int, offloaded: bool = False) -> str:
+    if offloaded:
+        return "; in host memory (cpu_offload)"
+    return f"; split over {ways} GPUs" if ways > 1 else "; replicated"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _plain_dict(node) -> dict:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node or {})

@@ -1,0 +1,88 @@
+"""Resolve what a run needs on this machine, write the run directory, and start torchrun."""
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ..validation import ConfigError, validate
+
+# Files that mean output_dir already holds a run, which a fresh start (resume=none) would clobber.
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final")
+
+
+@dataclass
+class LaunchPlan:
+    device_type: str  # cuda or cpu
+    nproc_per_node: int
+    world_size: int
+    config_path: Path
+    command: list
+
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+
+def detect_device(setting: str) -> str:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("launcher.device", "cuda was asked for but no GPU is visible")
+    if setting not in ("auto", "cuda", "cpu"):
+        raise ConfigError("launcher.device", f"expected auto, cuda or cpu, got {setting!r}")
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def plan_launch(cfg) -> LaunchPlan:
+    """Validate `cfg` and fill in the machine-dependent fields (device, workers, precision). No side effects."""
+    device_type = detect_device(cfg.launcher.device)
+    nproc = cfg.launcher.nproc_per_node
+    if nproc is None:
+        nproc = torch.cuda.device_count() if device_type == "cuda" else cfg.launcher.cpu_workers
+    if nproc < 1:
+        raise ConfigError("launcher.nproc_per_node", f"must be >= 1, got {nproc}")
+    if device_type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError("launcher.nproc_per_node", f"{nproc} workers but only {torch.cuda.device_count()} GPUs visible")
+    world_size = nproc * cfg.launcher.nnodes
+    validate(cfg, device_type, world_size)
+    cfg.launcher.device = device_type
+    cfg.launcher.nproc_per_node = nproc
+    if cfg.train.precision == "auto":
+        cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
+    config_path = Path(cfg.output_dir).absolute() / "config.yaml"
+    return LaunchPlan(device_type, nproc, world_size, config_path, torchrun_command(cfg, config_path))
+
+
+def torchrun_command(cfg, config_path: Path) -> list:
+    launcher = cfg.launcher
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launcher.nproc_per_node}"]
+    if launcher.nnodes == 1 and launcher.master_port == 0:
+        command.append("--standalone")  # rendezvous on a free local port
+    else:
+        command += [f"--nnodes={launcher.nnodes}", f"--node-rank={launcher.node_rank}",
+                    f"--master-addr={launcher.master_addr}", f"--master-port={launcher.master_port or 29500}"]
+    return command + ["-m", "shardtune.trainer.worker", str(config_path)]
+
+
+def write_run_config(cfg, plan: LaunchPlan) -> None:
+    """Write the resolved config the workers read; refuse to start over an earlier run's outputs."""
+    output_dir = plan.config_path.parent
+    if cfg.resume == "none" and any((output_dir / name).exists() for name in RUN_MARKERS):
+        raise ConfigError("output_dir", f"{output_dir} already holds a run; pass resume=auto to continue it, "
+                                        "or choose another output_dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = plan.config_path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, plan.config_path)
+
+
+def run_torchrun(plan: LaunchPlan) -> int:
+    env = dict(os.environ)
+    if plan.device_type == "cpu":
+        # Share the cores between the workers instead of each one spawning a thread per core.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
+    return subprocess.call(plan.command, env=env)

@@ -1,0 +1,129 @@
+"""Building the model a method asks for: full weights, LoRA adapters (peft), or LoRA over a
+bitsandbytes-quantized base (QLoRA, 4-bit NF4/FP4 or 8-bit LLM.int8).
+
+A randomly initialised model (model.init=random) is written once into the run directory and then
+loaded like any pretrained one: every rank and every strategy starts from the same weights, quantization
+works the same way, and a resumed run finds its frozen base again.
+"""
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+RANDOM_INIT_DIR = "random-init"
+COMPLETE_MARKER = "COMPLETE"
+
+
+def build_tokenizer(model_cfg):
+    source = model_cfg.tokenizer or model_cfg.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=model_cfg.revision,
+                                              trust_remote_code=model_cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels mask padding out, so sharing EOS is harmless
+    return tokenizer
+
+
+def is_quantized(param: torch.nn.Parameter) -> bool:
+    """Weights packed by bitsandbytes (Params4bit, Int8Params)."""
+    return type(param).__module__.startswith("bitsandbytes")
+
+
+def decoder_layers(model: torch.nn.Module) -> list:
+    """The transformer blocks: modules whose class transformers lists as never to be split."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    block_names = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in block_names]
+    if not layers:
+        raise ValueError(f"found no decoder layers ({sorted(block_names) or 'no _no_split_modules'}) in "
+                         f"{type(base).__name__}; this architecture cannot be sharded per layer")
+    return layers
+
+
+def materialize_random_init(cfg, dtype: torch.dtype) -> str:
+    """Write a seeded random model for cfg.model.architecture into the run directory once; return its path.
+
+    One rank per node writes (torch.distributed must be up); the others wait at the barrier.
+    """
+    path = Path(cfg.output_dir, RANDOM_INIT_DIR)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and not (path / COMPLETE_MARKER).exists():
+        config = AutoConfig.for_model(**cfg.model.architecture)
+        torch.manual_seed(cfg.train.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.save_pretrained(path)
+        (path / COMPLETE_MARKER).touch()
+    dist.barrier()
+    return str(path)
+
+
+def quantization_config(method_cfg, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    if method_cfg.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = compute_dtype if method_cfg.quant_storage_dtype == "auto" else DTYPES[method_cfg.quant_storage_dtype]
+    compute = compute_dtype if method_cfg.compute_dtype == "auto" else DTYPES[method_cfg.compute_dtype]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=method_cfg.quant_type,
+                              bnb_4bit_use_double_quant=method_cfg.double_quant,
+                              bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=storage)
+
+
+def build_model(cfg, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
+    method = cfg.method.name
+    # Full fine-tuning keeps fp32 weights (masters); the strategy casts for compute. A frozen LoRA
+    # base only ever computes, so it is loaded straight in the compute dtype.
+    load_dtype = torch.float32 if method == "full" else compute_dtype
+    source = cfg.model.name_or_path
+    if cfg.model.init == "random":
+        source = materialize_random_init(cfg, load_dtype)
+    kwargs = dict(dtype=load_dtype, attn_implementation=cfg.model.attn_implementation,
+                  trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.init != "random":
+        kwargs["revision"] = cfg.model.revision
+    if method == "qlora":
+        kwargs["quantization_config"] = quantization_config(cfg.method, compute_dtype)
+        kwargs["device_map"] = {"": device}  # bitsandbytes quantizes while loading onto the device
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.config.use_cache = False  # the KV cache only serves generation
+    if cfg.train.activation_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method in ("lora", "qlora"):
+        model = add_lora(model, cfg.method)
+    if method != "qlora" and not is_partitioned(model):
+        model.to(device)
+    return model
+
+
+def add_lora(model, method_cfg):
+    from peft import LoraConfig, get_peft_model
+    targets = list(method_cfg.target_modules)
+    lora = LoraConfig(r=method_cfg.rank, lora_alpha=method_cfg.alpha, lora_dropout=method_cfg.dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      use_dora=method_cfg.use_dora, task_type="CAUSAL_LM")
+    # Adapters are created in fp32 (peft's default) even over a 16-bit base: they are the weights
+    # the optimizer updates, and small updates vanish in bf16.
+    return get_peft_model(model, lora)
+
+
+def is_partitioned(model) -> bool:
+    """True when DeepSpeed ZeRO-3 partitioned the weights while loading (it places them itself)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def logical_numel(param: torch.nn.Parameter) -> int:
+    """Parameter count as the model sees it: ZeRO-3 partitions and 4-bit packing hide the real shape."""
+    if hasattr(param, "ds_numel"):
+        return param.ds_numel
+    quant_state = getattr(param, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else param.numel()
+
+
+def count_parameters(model) -> tuple:
+    """(all parameters, trainable parameters)."""
+    params = list(model.parameters())
+    return sum(map(logical_numel, params)), sum(logical_numel(p) for p in params if p.requires_grad)

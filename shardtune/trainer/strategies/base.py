@@ -1,0 +1,90 @@
+"""The interface every strategy implements, and the torch.distributed.checkpoint code DDP and FSDP share.
+
+A strategy owns how the model and optimizer are spread over ranks: wrapping, the backward pass,
+gradient synchronisation, the optimizer step, sharded checkpoints and gathering the final weights.
+The training loop calls only these methods, so it never asks which strategy it runs.
+"""
+import contextlib
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+
+OptimizerFactory = Callable[[list], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class Strategy:
+    def __init__(self, cfg, device: torch.device, dtype: torch.dtype):
+        self.cfg = cfg
+        self.device = device
+        self.dtype = dtype  # compute dtype: bf16/fp16 under mixed precision, fp32 otherwise
+        self.model: torch.nn.Module  # what forward is called on (possibly wrapped)
+        self.module: torch.nn.Module  # the plain transformers/peft model inside
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
+        # LoRA checkpoints hold only the adapters; the frozen base is reloaded from its source.
+        self.trainable_only = cfg.method.name != "full"
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
+        self.grad_scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    # -- building ------------------------------------------------------------------------
+    def model_init_context(self):
+        """Context the model is built in (DeepSpeed ZeRO-3 partitions weights while loading)."""
+        return contextlib.nullcontext()
+
+    def wrap(self, model: torch.nn.Module, make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory) -> None:
+        raise NotImplementedError
+
+    # -- one optimizer step --------------------------------------------------------------
+    def autocast(self):
+        """Context for forward passes: autocast under mixed precision unless the wrapper casts itself."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def gradient_sync(self, enabled: bool):
+        """Context for one micro-batch's forward and backward. enabled=False on all but the last
+        micro-batch of an accumulation window: gradients then only accumulate locally."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.grad_scaler.scale(loss).backward()
+
+    def step(self) -> float:
+        """Clip, step the optimizer and scheduler, zero the gradients; return the pre-clip gradient norm."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        self.grad_scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.grad_scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm.item()
+
+    # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
+    def _state_options(self, **kw) -> StateDictOptions:
+        return StateDictOptions(ignore_frozen_params=self.trainable_only, **kw)
+
+    def save(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._state_options())
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory / "state"))
+
+    def load(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._state_options())
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(directory / "state"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"], options=self._state_options(strict=False))
+
+    def gather_state_dict(self) -> Optional[dict]:
+        """The whole model's weights on rank 0 (None elsewhere), for the final export. Collective."""
+        state = get_model_state_dict(self.model, options=self._state_options(full_state_dict=True, cpu_offload=True))
+        return state if dist.get_rank() == 0 else None

@@ -1,0 +1,19 @@
+"""DistributedDataParallel: every rank holds the whole model; gradients are all-reduced in buckets."""
+import contextlib
+
+from torch.nn.parallel import DistributedDataParallel
+
+from .base import Strategy
+
+
+class DDPStrategy(Strategy):
+    def wrap(self, model, make_optimizer, make_scheduler):
+        self.module = model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.strategy.bucket_cap_mb,
+                                             static_graph=self.cfg.strategy.static_graph)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(self.optimizer)
+
+    def gradient_sync(self, enabled):
+        return contextlib.nullcontext() if enabled else self.model.no_sync()

@@ -1,0 +1,109 @@
+"""DeepSpeed ZeRO stages 1-3 with optional CPU offload, behind the same interface as DDP and FSDP.
+
+The DeepSpeed JSON is generated from the typed strategy and train fields; `strategy.extra` is merged
+last for expert keys. DeepSpeed owns mixed precision (bf16/fp16 weights, fp32 masters in the
+optimizer), gradient clipping and the accumulation boundary.
+"""
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from .base import Strategy
+
+CHECKPOINT_TAG = "deepspeed"
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def deepspeed_config(cfg, dtype: torch.dtype) -> dict:
+    """The DeepSpeed JSON for this run (also printed by `shardtune plan`)."""
+    zero, train = cfg.strategy, cfg.train
+    zero_optimization = {
+        "stage": zero.stage,
+        "overlap_comm": zero.overlap_comm,
+        "contiguous_gradients": zero.contiguous_gradients,
+        "reduce_bucket_size": zero.reduce_bucket_size,
+    }
+    if zero.offload_optimizer:
+        zero_optimization["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if zero.offload_param:
+        zero_optimization["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if zero.stage == 3:
+        zero_optimization["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0},
+        "zero_optimization": zero_optimization,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # shardtune logs progress itself
+        "wall_clock_breakdown": False,
+    }
+    return deep_merge(config, OmegaConf.to_container(zero.extra, resolve=True))
+
+
+class DeepSpeedStrategy(Strategy):
+    def __init__(self, cfg, device, dtype):
+        super().__init__(cfg, device, dtype)
+        self.config = deepspeed_config(cfg, dtype)
+        self._hf_deepspeed_config = None
+
+    def model_init_context(self):
+        if self.cfg.strategy.stage == 3:
+            # While this object lives, transformers' from_pretrained loads each weight straight into
+            # its ZeRO-3 partition instead of materialising the whole model on every rank.
+            from transformers.integrations import HfDeepSpeedConfig
+            self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)
+        return super().model_init_context()
+
+    def wrap(self, model, make_optimizer, make_scheduler):
+        import deepspeed
+        self.module = model
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=make_optimizer, lr_scheduler=make_scheduler, config=self.config)
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed keeps the weights in 16-bit itself
+
+    def backward(self, loss):
+        # The loss is already normalised over the whole accumulation window (tokens of all micro-batches
+        # and ranks), so DeepSpeed must not divide it by the accumulation steps again.
+        self.model.backward(loss, scale_wrt_gas=False)
+        if not self.model.is_gradient_accumulation_boundary():
+            self.model.step()  # advances DeepSpeed's micro-step counter; no optimizer step happens
+
+    def step(self):
+        self.model.step()  # at the boundary: clip, optimizer step, scheduler step, zero gradients
+        grad_norm = self.model.get_global_grad_norm()
+        return float(grad_norm) if grad_norm is not None else float("nan")
+
+    def save(self, directory: Path):
+        self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, exclude_frozen_parameters=self.trainable_only)
+
+    def load(self, directory: Path):
+        path, _ = self.model.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True, load_module_strict=not self.trainable_only)
+        if path is None:
+            raise ValueError(f"resume: no DeepSpeed checkpoint in {directory}")
+
+    def gather_state_dict(self):
+        if self.cfg.strategy.stage == 3:
+            state = self.model._zero3_consolidated_16bit_state_dict()  # collective; filled on rank 0
+        else:
+            state = self.module.state_dict()
+        return {k: v.cpu() for k, v in state.items()} if dist.get_rank() == 0 else None

@@ -1,0 +1,224 @@
+"""The trainer inside each torchrun worker: one loop for every method and strategy.
+
+Lifecycle: set up (process group, data, model, strategy, resume) -> train (accumulate, step, log,
+evaluate, checkpoint) -> finish (final evaluation, export to final/, summary) -> close, on success and
+on error alike.
+"""
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..data.instruct import Collator, ShardedBatches, load_rows, split_rows, tokenize_rows
+from . import checkpoint
+from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
+from .model import DTYPES, build_model, build_tokenizer, count_parameters
+from .optim import make_optimizer_factory, make_scheduler_factory
+from .strategies import make_strategy
+
+log = logging.getLogger("shardtune")
+IGNORE_INDEX = -100
+
+
+def init_distributed(device_setting: str) -> torch.device:
+    """Join the process group torchrun set up: NCCL on GPUs, gloo on CPUs."""
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return device
+
+
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = init_distributed(cfg.launcher.device)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.dtype = DTYPES[cfg.train.precision]
+        self.strategy = make_strategy(cfg, self.device, self.dtype)
+        self.metrics = None
+        self.step = 0  # optimizer steps done
+        self.last_train_loss = None
+        self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
+        self.started = time.perf_counter()
+
+    def run(self) -> None:
+        try:
+            self.setup()
+            self.train()
+            self.finish()
+        finally:
+            self.close()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)  # same on every rank: identical adapter initialisation
+        self.tokenizer = build_tokenizer(cfg.model)
+        self.build_data()
+        with self.strategy.model_init_context():
+            model = build_model(cfg, self.device, self.dtype)
+        self.model_config = model.config
+        self.num_params, self.num_trainable_params = count_parameters(model)
+        self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, cfg.strategy.get("offload_optimizer", False)),
+                           make_scheduler_factory(cfg.optim, self.total_steps))
+        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume)
+        if resume_from is not None:
+            state = checkpoint.load_checkpoint(self.strategy, resume_from)
+            self.step, self.micro_batches_done = state["step"], state["micro_batches_done"]
+        self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
+                                     resumed=resume_from is not None)
+        self.throughput = ThroughputMeter(
+            flops_per_token(self.model_config, cfg.train.seq_len, self.num_params, self.num_trainable_params),
+            peak_flops(self.device), self.world_size, self.device)
+        if self.rank == 0:
+            where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
+            log.info("%s: %s params (%s trainable), %d steps, world size %d", where, f"{self.num_params:,}",
+                     f"{self.num_trainable_params:,}", self.total_steps, self.world_size)
+
+    def build_data(self) -> None:
+        cfg = self.cfg
+        train_rows, val_rows = split_rows(load_rows(cfg.data.path), cfg.data.val_fraction, cfg.train.seed)
+        collator = Collator(self.tokenizer.pad_token_id)
+
+        def batches(rows, shuffle):
+            tokenized = tokenize_rows(rows, self.tokenizer, cfg.train.seq_len, cfg.data.mask_prompt)
+            return ShardedBatches(tokenized, cfg.train.micro_batch_size, self.rank, self.world_size,
+                                  cfg.train.seed, collator, shuffle=shuffle)
+
+        self.train_batches = batches(train_rows, shuffle=True)
+        self.val_batches = batches(val_rows, shuffle=False) if len(val_rows) >= self.world_size else None
+        steps_per_epoch = len(self.train_batches) // cfg.train.grad_accum
+        if steps_per_epoch == 0:
+            raise ValueError(f"train.grad_accum: {cfg.train.grad_accum} micro-batches per step, but an epoch has "
+                             f"only {len(self.train_batches)} per rank")
+        t = cfg.train
+        self.total_steps = t.max_steps if t.max_steps is not None else math.ceil(t.epochs * steps_per_epoch)
+
+    def data_stream(self):
+        """This rank's micro-batches, epoch after epoch, from the saved position on."""
+        per_epoch = len(self.train_batches)
+        epoch, offset = divmod(self.micro_batches_done, per_epoch)
+        while True:
+            for batch in self.train_batches.iterate(epoch, start_batch=offset):
+                yield batch
+            epoch, offset = epoch + 1, 0
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, strategy = self.cfg, self.strategy
+        stream = self.data_stream()
+        loss_sum = torch.zeros((), device=self.device)  # token losses since the last log, this rank
+        label_tokens_since_log = 0
+        strategy.model.train()
+        while self.step < self.total_steps:
+            self.throughput.step_started()
+            micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
+            self.micro_batches_done += len(micro_batches)
+            # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
+            # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
+            counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b["attention_mask"].sum())]
+                                   for b in micro_batches], device=self.device).sum(0)
+            dist.all_reduce(counts)
+            label_tokens, input_tokens = counts.tolist()
+            # Each rank's gradients are averaged over ranks, hence the share of the tokens per rank.
+            tokens_per_rank = label_tokens / self.world_size
+            lr = strategy.optimizer.param_groups[0]["lr"]
+            for index, batch in enumerate(micro_batches):
+                last = index == len(micro_batches) - 1
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                # Gradients are all-reduced only on the last micro-batch; earlier ones accumulate locally.
+                with strategy.gradient_sync(last):
+                    with strategy.autocast():
+                        loss = strategy.model(**batch, num_items_in_batch=tokens_per_rank).loss
+                    strategy.backward(loss)
+                loss_sum += loss.detach().float() * tokens_per_rank
+            grad_norm = strategy.step()
+            self.step += 1
+            label_tokens_since_log += label_tokens
+            self.throughput.step_done(input_tokens)
+            if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
+                dist.all_reduce(loss_sum)
+                self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
+                self.metrics.log(self.step, {"loss": self.last_train_loss, "lr": lr,
+                                             "grad_norm": grad_norm, **self.throughput.rates(),
+                                             **memory_stats(self.device)})
+                loss_sum.zero_()
+                label_tokens_since_log = 0
+            if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < self.total_steps:
+                self.evaluate()
+            if cfg.train.save_interval and self.step % cfg.train.save_interval == 0:
+                self.save_checkpoint()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Token-weighted validation loss and perplexity over the whole validation split (all ranks)."""
+        if self.val_batches is None:
+            return {}
+        model = self.strategy.model
+        model.eval()
+        totals = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for index, batch in enumerate(self.val_batches.iterate(0)):
+            if self.cfg.train.eval_max_batches is not None and index >= self.cfg.train.eval_max_batches:
+                break
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with self.strategy.autocast():
+                loss_sum = model(**batch, num_items_in_batch=1).loss  # a sum over tokens
+            totals += torch.stack([loss_sum.double(), (batch["labels"][:, 1:] != IGNORE_INDEX).sum().double()])
+        dist.all_reduce(totals)
+        model.train()
+        val_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        results = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50))}
+        self.metrics.log(self.step, results)
+        return results
+
+    def save_checkpoint(self) -> Path:
+        state = {"step": self.step, "micro_batches_done": self.micro_batches_done, "world_size": self.world_size}
+        return checkpoint.save_checkpoint(self.strategy, self.cfg.output_dir, self.step, state,
+                                          self.cfg.train.keep_checkpoints)
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self) -> None:
+        results = self.evaluate()
+        final_dir = self.export()
+        rates = self.throughput.totals()
+        self.metrics.summary({
+            "steps": self.step,
+            "final train loss": self.last_train_loss,
+            "val loss": results.get("val/loss"),
+            "val perplexity": results.get("val/ppl"),
+            "tokens/s": rates.get("tokens_per_second"),
+            "MFU": rates.get("mfu"),
+            **memory_stats(self.device),
+            "wall time (s)": time.perf_counter() - self.started,
+            "saved to": str(final_dir),
+        })
+
+    def export(self) -> Path:
+        """Write final/: a peft adapter directory (LoRA, QLoRA) or a transformers model (full)."""
+        state = self.strategy.gather_state_dict()  # collective
+        final_dir = Path(self.cfg.output_dir, "final")
+        if self.rank == 0:
+            staging = final_dir.with_name("final.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            self.strategy.module.save_pretrained(staging, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            shutil.rmtree(final_dir, ignore_errors=True)
+            os.replace(staging, final_dir)  # readers never see a half-written final/
+        dist.barrier()
+        return final_dir
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,120 @@
+"""Cross-field config rules, checked by the launcher before any worker starts.
+
+OmegaConf already refuses unknown keys and wrong types against the schema (config.py). What it cannot
+see are rules that join several fields ("zero3 is for full fine-tuning"); they live here, and each
+error names the key a user has to change.
+"""
+import os
+from pathlib import Path
+
+# Which strategies each method runs on. Pairs outside this table are refused up front.
+COMPATIBLE_STRATEGIES = {
+    "full": ("zero1", "zero2", "zero3", "zero3_offload", "ddp", "fsdp"),
+    "lora": ("ddp", "fsdp"),
+    "qlora": ("ddp", "fsdp"),
+}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+class ConfigError(ValueError):
+    """A user error in the config; the message names the key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def looks_like_local_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
+
+
+def validate(cfg, device_type: str, world_size: int) -> None:
+    """Raise ConfigError for the first rule `cfg` breaks. `device_type` is 'cuda' or 'cpu'."""
+    _validate_model(cfg.model)
+    _validate_method_strategy(cfg, device_type)
+    _validate_train(cfg.train, device_type, world_size)
+    _validate_optim(cfg.optim)
+    if not Path(cfg.data.path).exists():
+        raise ConfigError("data.path", f"file not found: {cfg.data.path}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.logger.name not in ("none", "wandb"):
+        raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
+    if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
+        raise ConfigError("resume", f"expected none, auto or a checkpoint directory; {cfg.resume!r} is not a directory")
+
+
+def _validate_model(model) -> None:
+    if model.init not in ("pretrained", "random"):
+        raise ConfigError("model.init", f"expected pretrained or random, got {model.init!r}")
+    if model.init == "random" and not model.architecture:
+        raise ConfigError("model.architecture", "init=random needs the architecture fields (model_type, hidden_size, ...)")
+    if model.init == "pretrained":
+        if not model.name_or_path:
+            raise ConfigError("model.name_or_path", "set a hub id or a local model directory (or model.init=random)")
+        path = os.path.expanduser(model.name_or_path)
+        if looks_like_local_path(model.name_or_path) and not Path(path, "config.json").is_file():
+            raise ConfigError("model.name_or_path", f"{model.name_or_path} is not a model directory (no config.json)")
+    tokenizer = model.tokenizer or model.name_or_path
+    if not tokenizer:
+        raise ConfigError("model.tokenizer", "set a tokenizer (hub id or directory) for a randomly initialised model")
+    if looks_like_local_path(tokenizer) and not Path(os.path.expanduser(tokenizer)).is_dir():
+        raise ConfigError("model.tokenizer", f"tokenizer directory not found: {tokenizer}")
+
+
+def _validate_method_strategy(cfg, device_type: str) -> None:
+    method, strategy = cfg.method.name, cfg.strategy.name
+    if method not in COMPATIBLE_STRATEGIES:
+        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(COMPATIBLE_STRATEGIES)}")
+    fitting = COMPATIBLE_STRATEGIES[method]
+    if strategy not in fitting:
+        raise ConfigError("strategy", f"method={method} does not run on strategy={strategy}; "
+                                      f"strategies that fit {method}: {', '.join(fitting)}")
+    if "stage" in cfg.strategy:
+        if cfg.strategy.stage not in (1, 2, 3):
+            raise ConfigError("strategy.stage", f"ZeRO stage must be 1, 2 or 3, got {cfg.strategy.stage}")
+        if cfg.strategy.offload_param and cfg.strategy.stage != 3:
+            raise ConfigError("strategy.offload_param", "parameter offload needs ZeRO stage 3")
+    if method == "qlora":
+        q = cfg.method
+        if q.bits not in (4, 8):
+            raise ConfigError("method.bits", f"expected 4 (NF4/FP4) or 8 (LLM.int8), got {q.bits}")
+        if q.quant_type not in ("nf4", "fp4"):
+            raise ConfigError("method.quant_type", f"expected nf4 or fp4, got {q.quant_type!r}")
+        try:
+            import bitsandbytes  # noqa: F401  (its CPU backend serves when there is no GPU)
+        except ImportError as error:
+            raise ConfigError("method", f"qlora needs bitsandbytes, which failed to import: {error}") from error
+    if method != "full" and (cfg.method.rank < 1 or cfg.method.alpha <= 0):
+        raise ConfigError("method.rank", "LoRA rank must be >= 1 and alpha > 0")
+
+
+def _validate_train(train, device_type: str, world_size: int) -> None:
+    if (train.max_steps is None) == (train.epochs is None):
+        raise ConfigError("train.max_steps", "give exactly one of train.max_steps and train.epochs")
+    if train.max_steps is not None and train.max_steps < 1:
+        raise ConfigError("train.max_steps", f"must be >= 1, got {train.max_steps}")
+    if train.epochs is not None and train.epochs <= 0:
+        raise ConfigError("train.epochs", f"must be > 0, got {train.epochs}")
+    for key in ("micro_batch_size", "grad_accum", "seq_len", "log_interval"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
+    derived = train.micro_batch_size * train.grad_accum * world_size
+    if train.global_batch_size is not None and train.global_batch_size != derived:
+        raise ConfigError("train.global_batch_size",
+                          f"{train.global_batch_size} != micro_batch_size {train.micro_batch_size} x grad_accum "
+                          f"{train.grad_accum} x world size {world_size} = {derived}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError("train.precision", f"expected one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    if device_type == "cpu" and train.precision == "fp16":
+        raise ConfigError("train.precision", "fp16 needs a GPU; use bf16 or fp32 on CPU")
+
+
+def _validate_optim(optim) -> None:
+    if optim.name != "adamw":
+        raise ConfigError("optim.name", f"unknown optimizer {optim.name!r}; available: adamw")
+    if optim.scheduler not in SCHEDULERS:
+        raise ConfigError("optim.scheduler", f"expected one of {', '.join(SCHEDULERS)}, got {optim.scheduler!r}")
+    if optim.lr <= 0:
+        raise ConfigError("optim.lr", f"must be > 0, got {optim.lr}")

@@ -1,0 +1,212 @@
+"""Unit tests of the shipped tiny tokenizer and data set, and of shardtune/data/instruct.py."""
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from shardtune.config import asset_path
+from shardtune.data.instruct import (
+    IGNORE_INDEX,
+    Collator,
+    ShardedBatches,
+    format_prompt,
+    load_rows,
+    split_rows,
+    tokenize_rows,
+)
+from datasets import Dataset
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
+
+
+def write_jsonl(tmp_path, lines):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def numbered_rows(num_rows):
+    """Tokenized-looking rows whose first input id is the row number, so batches say which rows they hold."""
+    return Dataset.from_list([{"input_ids": [i, 1, 2], "labels": [i, 1, 2]} for i in range(num_rows)])
+
+
+def rows_in(batches):
+    return [row_number for batch in batches for row_number in batch["input_ids"][:, 0].tolist()]
+
+
+# The tiny tokenizer and data set.
+
+def test_tiny_tokenizer_round_trips_bytes_and_has_fixed_special_ids(tokenizer):
+    text = " Héllo,  wörld!\n\t23+45 = 68 ✓ 🙂 \x00"
+    ids = tokenizer(text)["input_ids"]
+    assert ids == list(text.encode("utf-8"))  # one id per byte, nothing added
+    assert tokenizer.decode(ids) == text
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (256, 257, 258)
+    assert len(tokenizer) == 259 < 320  # fits the tiny model's vocab_size
+
+
+def test_tiny_tokenizer_chat_template_tags_roles(tokenizer):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == "<|user|>\nhi</s>\n<|assistant|>\nyo</s>\n"
+
+
+def test_tiny_data_loads_and_fits_short_sequences(tokenizer):
+    ds = load_rows(asset_path("data/tiny_instruct.jsonl"))
+    assert 1500 <= len(ds) <= 2500
+    assert len(set(zip(ds["instruction"], ds["input"]))) == len(ds)  # unique rows: no train/val leaks
+    tokenized = tokenize_rows(ds, tokenizer, seq_len=1024, mask_prompt=True)
+    assert max(len(ids) for ids in tokenized["input_ids"]) <= 64
+
+
+# load_rows: good and bad input.
+
+def test_load_rows_defaults_input_skips_blank_lines_and_drops_extra_keys(tmp_path):
+    path = write_jsonl(tmp_path, [
+        '{"instruction": "Reverse.", "input": "abc", "output": "cba"}',
+        "",
+        '{"instruction": "Say hi.", "output": "hi", "source": "x"}',
+    ])
+    ds = load_rows(path)
+    assert ds.column_names == ["instruction", "input", "output"]
+    assert ds.to_list()[1] == {"instruction": "Say hi.", "input": "", "output": "hi"}
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "expected a JSON object"),
+    ('{"output": "x"}', "missing required field 'instruction'"),
+    ('{"instruction": "x"}', "missing required field 'output'"),
+    ('{"instruction": 3, "output": "x"}', "'instruction' must be a string"),
+    ('{"instruction": "x", "input": null, "output": "x"}', "'input' must be a string"),
+    ('{"instruction": "x", "output": ["x"]}', "'output' must be a string"),
+])
+def test_load_rows_names_file_and_line_of_a_bad_row(tmp_path, bad_line, reason):
+    good = '{"instruction": "Reverse.", "input": "abc", "output": "cba"}'
+    path = write_jsonl(tmp_path, [good, "", bad_line, good])
+    with pytest.raises(ValueError, match="rows.jsonl:3") as error:
+        load_rows(path)
+    assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_load_rows_names_a_missing_or_empty_file(tmp_path):
+    with pytest.raises(ValueError, match="nope.jsonl does not exist"):
+        load_rows(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="rows.jsonl is empty"):
+        load_rows(write_jsonl(tmp_path, ["", "  "]))
+
+
+# split_rows.
+
+def test_split_is_deterministic_disjoint_and_complete():
+    ds = Dataset.from_list([{"n": i} for i in range(100)])
+    train, val = (list(part["n"]) for part in split_rows(ds, 0.1, seed=7))
+    assert [list(part["n"]) for part in split_rows(ds, 0.1, seed=7)] == [train, val]
+    assert len(val) == 10 and set(train).isdisjoint(val)
+    assert sorted(train + val) == list(range(100))
+    assert list(split_rows(ds, 0.1, seed=8)[1]["n"]) != val
+
+
+def test_split_edge_cases():
+    two_rows = Dataset.from_list([{"n": 0}, {"n": 1}])
+    assert [len(part) for part in split_rows(two_rows, 0.01, seed=0)] == [1, 1]  # at least one val row
+    assert [len(part) for part in split_rows(two_rows, 0.0, seed=0)] == [2, 0]
+    with pytest.raises(ValueError, match="leaves no training rows"):
+        split_rows(two_rows, 0.9, seed=0)
+    with pytest.raises(ValueError, match="data.val_fraction"):
+        split_rows(two_rows, 1.0, seed=0)
+
+
+# tokenize_rows: template, masking, EOS, truncation.
+
+ROWS = Dataset.from_list([
+    {"instruction": "Reverse the word.", "input": "abcde", "output": "edcba"},
+    {"instruction": "Double 21.", "input": "", "output": "42"},
+])
+
+
+def test_masked_labels_cover_exactly_the_response_and_eos(tokenizer):
+    tokenized = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)
+    assert tokenized.column_names == ["input_ids", "labels"]
+    for row, example in zip(ROWS, tokenized):
+        prompt = format_prompt(row["instruction"], row["input"])
+        expected_ids = list(prompt.encode()) + list(row["output"].encode()) + [tokenizer.eos_token_id]
+        assert example["input_ids"] == expected_ids
+        num_prompt = len(prompt.encode())
+        assert example["labels"][:num_prompt] == [IGNORE_INDEX] * num_prompt
+        assert example["labels"][num_prompt:] == expected_ids[num_prompt:]  # response and EOS
+    assert "Input:" not in format_prompt("Double 21.", "")
+
+
+def test_unmasked_labels_equal_input_ids(tokenizer):
+    example = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=False)[0]
+    assert example["labels"] == example["input_ids"]
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_truncation_keeps_the_start_and_warns_when_no_labels_are_left(tokenizer, caplog):
+    full = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)[0]
+    assert "no response tokens left" not in caplog.text
+    short = tokenize_rows(ROWS, tokenizer, seq_len=10, mask_prompt=True)[0]
+    assert short["input_ids"] == full["input_ids"][:10]
+    assert short["labels"] == full["labels"][:10]
+    assert "2 of 2 examples have no response tokens left" in caplog.text
+
+
+# Collator.
+
+def test_collator_right_pads_to_a_multiple():
+    batch = Collator(pad_token_id=256, pad_to_multiple_of=8)([
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+        {"input_ids": list(range(9)), "labels": list(range(9))},
+    ])
+    assert {name: tuple(t.shape) for name, t in batch.items()} == {
+        "input_ids": (2, 16), "labels": (2, 16), "attention_mask": (2, 16)}
+    assert batch["input_ids"][0].tolist() == [1, 2, 3] + [256] * 13
+    assert batch["labels"][0].tolist() == [-100, 2, 3] + [-100] * 13
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 9]
+    assert batch["attention_mask"][1].tolist() == [1] * 9 + [0] * 7
+
+
+# ShardedBatches.
+
+def sharded(dataset, micro_batch_size, rank, world_size, seed=0):
+    return ShardedBatches(dataset, micro_batch_size, rank, world_size, seed, Collator(pad_token_id=0))
+
+
+def test_two_ranks_cover_what_one_rank_sees():
+    dataset = numbered_rows(23)
+    one_rank = rows_in(sharded(dataset, 4, rank=0, world_size=1).iterate(epoch=3))
+    ranks = [sharded(dataset, 2, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5  # 23 rows -> 11 per rank -> 5 full micro-batches
+    per_rank = [rows_in(r.iterate(epoch=3)) for r in ranks]
+    assert set(per_rank[0]).isdisjoint(per_rank[1])
+    # Step by step the two ranks' batches of 2 hold what one rank's batches of 4 hold.
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(one_rank[:20])
+    assert sorted(per_rank[0][:2] + per_rank[1][:2]) == sorted(one_rank[:4])
+
+
+def test_epochs_reorder_and_iteration_is_repeatable():
+    batches = sharded(numbered_rows(32), 4, rank=0, world_size=1)
+    epoch_0 = rows_in(batches.iterate(epoch=0))
+    assert sorted(epoch_0) == list(range(32))
+    assert rows_in(batches.iterate(epoch=1)) != epoch_0
+    assert rows_in(sharded(numbered_rows(32), 4, rank=0, world_size=1).iterate(epoch=0)) == epoch_0
+    batches.set_epoch(1)
+    assert rows_in(batches) == rows_in(batches.iterate(epoch=1))
+
+
+def test_start_batch_yields_the_tail_of_the_epoch():
+    batches = sharded(numbered_rows(30), 3, rank=1, world_size=2)
+    full = [batch["input_ids"] for batch in batches.iterate(epoch=2)]
+    resumed = [batch["input_ids"] for batch in batches.iterate(epoch=2, start_batch=3)]
+    assert len(full) == len(batches) == 5 and len(resumed) == 2
+    assert all((a == b).all() for a, b in zip(full[3:], resumed))
+
+
+def test_too_few_rows_for_one_micro_batch_per_rank():
+    with pytest.raises(ValueError, match=r"train.micro_batch_size=4 on 2 rank\(s\).*has 7"):
+        sharded(numbered_rows(7), 4, rank=0, world_size=2)

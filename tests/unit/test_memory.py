@@ -1,0 +1,212 @@
+"""Unit tests of the per-GPU memory estimate (shardtune/launcher/memory.py), on the real presets.
+
+Configs are composed from the package's YAML with Hydra. They use initialize_config_dir on the
+package's conf/ folder: initialize_config_module("shardtune.conf") needs conf/__init__.py, which
+the package does not ship (Hydra refuses a namespace package as the primary config module).
+"""
+import json
+from importlib import resources
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from shardtune.config import register_configs
+from shardtune.launcher.memory import GIB, count_parameters, estimate_memory, model_config
+
+LLAMA31_8B_PARAMS = 8_030_261_248
+LLAMA32_1B_PARAMS = 1_235_814_400
+# r=16 on q,k,v,o,gate,up,down of 32 layers: 32 * 16 * (2*(4096+4096) + 2*(4096+1024) + 3*(4096+14336))
+LLAMA31_8B_LORA_R16_ALL_LINEAR = 41_943_040
+
+
+def compose_cfg(*overrides: str):
+    register_configs()
+    conf_dir = str(resources.files("shardtune") / "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_llama31_8b_parameter_count_matches_the_published_size():
+    cfg = compose_cfg("model=llama3.1-8b", "method=full")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    assert counts.total == pytest.approx(8.03e9, rel=0.01)
+    assert counts.total == LLAMA31_8B_PARAMS
+    assert counts.trainable == counts.total
+
+
+def test_llama32_1b_counts_tied_embeddings_once():
+    cfg = compose_cfg("model=llama3.2-1b", "method=full")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    assert counts.total == pytest.approx(1.24e9, rel=0.01)
+    assert counts.total == LLAMA32_1B_PARAMS
+
+
+def test_lora_rank16_all_linear_on_llama31_8b():
+    cfg = compose_cfg("model=llama3.1-8b", "method=lora", "method.rank=16")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    assert counts.trainable == LLAMA31_8B_LORA_R16_ALL_LINEAR
+
+
+def test_named_target_modules_and_dora_magnitude():
+    cfg = compose_cfg("model=llama3.1-8b", "method=lora", "method.target_modules=[q_proj,v_proj]")
+    config = model_config(cfg.model)
+    lora = count_parameters(config, cfg.method).trainable
+    assert lora == 32 * 16 * ((4096 + 4096) + (4096 + 1024))
+    cfg.method.use_dora = True
+    dora = count_parameters(config, cfg.method).trainable
+    assert dora - lora == 32 * (4096 + 1024)  # one magnitude per output feature of each adapted layer
+
+
+def test_target_modules_matching_nothing_names_the_key():
+    cfg = compose_cfg("model=tiny", "method=lora", "method.target_modules=[c_attn]")
+    with pytest.raises(ValueError, match="method.target_modules"):
+        count_parameters(model_config(cfg.model), cfg.method)
+
+
+def test_zero3_splits_weights_grads_and_optimizer_over_the_world():
+    cfg = compose_cfg("model=llama3.1-8b", "method=full", "strategy=zero3")
+    one, eight = estimate_memory(cfg, 1), estimate_memory(cfg, 8)
+    for component in ("weights", "grads", "optimizer"):
+        assert getattr(eight, component) == pytest.approx(getattr(one, component) / 8, rel=1e-6)
+    assert eight.activations == one.activations  # data parallel: every GPU runs its own micro-batch
+    # DeepSpeed bf16: 2 B weights, 2 B grads, 12 B optimizer (fp32 master + two Adam states)
+    assert one.weights == 2 * LLAMA31_8B_PARAMS
+    assert one.grads == 2 * LLAMA31_8B_PARAMS
+    assert one.optimizer == 12 * LLAMA31_8B_PARAMS
+
+
+def test_zero1_splits_only_the_optimizer_and_zero2_also_grads():
+    zero1 = compose_cfg("model=llama3.1-8b", "method=full", "strategy=zero1")
+    one, eight = estimate_memory(zero1, 1), estimate_memory(zero1, 8)
+    assert eight.weights == one.weights
+    assert eight.grads == one.grads
+    assert eight.optimizer == pytest.approx(one.optimizer / 8, rel=1e-6)
+    zero2 = estimate_memory(compose_cfg("model=llama3.1-8b", "method=full", "strategy=zero2"), 8)
+    assert zero2.weights == one.weights
+    assert zero2.grads == pytest.approx(one.grads / 8, rel=1e-6)
+
+
+def test_ddp_full_keeps_fp32_parameters_and_replicates_everything():
+    cfg = compose_cfg("model=llama3.2-1b", "method=full", "strategy=ddp")
+    one, eight = estimate_memory(cfg, 1), estimate_memory(cfg, 8)
+    assert (eight.weights, eight.grads, eight.optimizer) == (one.weights, one.grads, one.optimizer)
+    assert one.weights == 4 * LLAMA32_1B_PARAMS
+    assert one.optimizer == 8 * LLAMA32_1B_PARAMS  # no separate master copy: the parameters are fp32
+
+
+def test_zero3_offload_leaves_no_weights_or_optimizer_on_the_gpu():
+    cfg = compose_cfg("model=llama3.1-8b", "method=full", "strategy=zero3_offload")
+    estimate = estimate_memory(cfg, 8)
+    assert estimate.weights == 0
+    assert estimate.optimizer == 0
+    assert estimate.grads > 0
+    assert "offload_param" in estimate.notes["weights"]
+
+
+def test_qlora_4bit_weights_of_an_8b_model_fit_in_5_to_6_gib():
+    cfg = compose_cfg("model=llama3.1-8b", "method=qlora", "strategy=ddp")
+    weights_gib = estimate_memory(cfg, 1).weights / GIB
+    assert 5.0 < weights_gib < 6.0
+    cfg.method.double_quant = False  # fp32 absmax per 64 weights: 0.5 bit instead of ~0.127
+    quantized = count_parameters(model_config(cfg.model), cfg.method).quantizable
+    extra_gib = estimate_memory(cfg, 1).weights / GIB - weights_gib
+    assert extra_gib == pytest.approx(quantized * (0.5 - 0.127) / 8 / GIB, rel=0.01)
+
+
+def test_qlora_8bit_weights_are_about_one_byte_per_linear_weight():
+    cfg = compose_cfg("model=llama3.1-8b", "method=qlora", "method.bits=8", "strategy=ddp")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    expected = counts.quantizable + 2 * (counts.total - counts.quantizable) + 4 * counts.trainable
+    assert estimate_memory(cfg, 1).weights == expected
+
+
+def test_qlora_under_fsdp_replicates_the_quantized_base():
+    cfg = compose_cfg("model=llama3.1-8b", "method=qlora", "strategy=fsdp")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    quantized_bytes = counts.quantizable * 4.127 / 8
+    one, eight = estimate_memory(cfg, 1), estimate_memory(cfg, 8)
+    assert eight.weights > quantized_bytes  # every GPU keeps the whole 4-bit base
+    assert eight.weights < one.weights  # ...but embeddings, head and adapters are split
+    assert "replicated" in eight.notes["weights"]
+
+
+def test_lora_under_fsdp_splits_the_base():
+    cfg = compose_cfg("model=llama3.1-8b", "method=lora", "strategy=fsdp")
+    one, eight = estimate_memory(cfg, 1), estimate_memory(cfg, 8)
+    assert one.weights == 2 * LLAMA31_8B_PARAMS + 4 * LLAMA31_8B_LORA_R16_ALL_LINEAR
+    assert eight.weights == pytest.approx(one.weights / 8, rel=1e-6)
+
+
+def test_activation_checkpointing_lowers_activations():
+    plain = compose_cfg("model=llama3.1-8b", "method=lora", "train.seq_len=2048")
+    checkpointed = compose_cfg("model=llama3.1-8b", "method=lora", "train.seq_len=2048", "train.activation_checkpointing=true")
+    without, with_checkpointing = estimate_memory(plain, 1), estimate_memory(checkpointed, 1)
+    assert with_checkpointing.activations < without.activations / 5
+    assert with_checkpointing.logits == without.logits  # the loss still needs the full logits
+
+
+def test_eager_attention_adds_the_score_matrix_and_fp32_doubles_activations():
+    sdpa = estimate_memory(compose_cfg("model=llama3.1-8b", "train.seq_len=1024"), 1)
+    eager = estimate_memory(compose_cfg("model=llama3.1-8b", "train.seq_len=1024", "model.attn_implementation=eager"), 1)
+    fp32 = estimate_memory(compose_cfg("model=llama3.1-8b", "train.seq_len=1024", "train.precision=fp32"), 1)
+    s, b, h, layers, heads = 1024, 4, 4096, 32, 32
+    assert eager.activations - sdpa.activations == layers * s * b * h * 5 * heads * s // h
+    assert fp32.activations == 2 * sdpa.activations
+
+
+def test_logits_dominate_a_small_model_with_a_big_vocabulary():
+    cfg = compose_cfg("model=qwen2.5-0.5b", "method=lora", "train.seq_len=2048", "train.activation_checkpointing=true")
+    estimate = estimate_memory(cfg, 1)
+    assert estimate.logits == 4 * 2048 * 151936 * 4
+    assert estimate.logits > estimate.activations
+
+
+def test_local_model_directory_with_config_json(tmp_path):
+    architecture = {
+        "model_type": "llama", "vocab_size": 320, "hidden_size": 128, "intermediate_size": 352,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(architecture))
+    cfg = compose_cfg("model=tiny", "method=full")
+    cfg.model.architecture = {}
+    cfg.model.name_or_path = str(tmp_path)
+    config = model_config(cfg.model)
+    assert (config.hidden_size, config.num_hidden_layers) == (128, 4)
+    attention = 128 * 128 * 2 + 128 * 64 * 2  # q, o and the grouped k, v
+    per_layer = attention + 3 * 128 * 352 + 2 * 128  # + gate/up/down + two RMSNorms
+    expected = 4 * per_layer + 2 * 320 * 128 + 128  # + embeddings, head, final norm
+    assert count_parameters(config, cfg.method).total == expected
+    assert estimate_memory(cfg, 2).total > 0
+
+
+def test_directory_without_config_json_names_the_key(tmp_path):
+    cfg = compose_cfg("model=tiny")
+    cfg.model.architecture = {}
+    cfg.model.name_or_path = str(tmp_path)
+    with pytest.raises(ValueError, match="model.name_or_path"):
+        model_config(cfg.model)
+
+
+def test_bad_model_path_names_the_key(tmp_path):
+    cfg = compose_cfg("model=tiny")
+    cfg.model.architecture = {}
+    cfg.model.name_or_path = str(tmp_path / "no" / "such-model")
+    with pytest.raises(ValueError, match="model.name_or_path"):
+        model_config(cfg.model)
+
+
+def test_bad_precision_names_the_key():
+    cfg = compose_cfg("model=tiny", "train.precision=int3")
+    with pytest.raises(ValueError, match="train.precision"):
+        estimate_memory(cfg, 1)
+
+
+def test_format_lists_every_component_and_the_total():
+    cfg = compose_cfg("model=llama3.1-8b", "method=qlora", "strategy=fsdp")
+    estimate = estimate_memory(cfg, 8)
+    table = estimate.format()
+    for name in ("weights", "grads", "optimizer", "activations", "logits", "cuda_context", "total"):
+        assert name in table
+    assert f"{estimate.total / GIB:.2f}" in table.splitlines()[-1]
+    assert estimate.total == sum(getattr(estimate, name) for name in estimate.COMPONENTS)
+    assert all(note for _, _, note in estimate.rows())
