@@ -1,7 +1,8 @@
 """`shardtune <command> [hydra overrides]`: the commands users run.
 
 train  validate the composed config, write the run directory, start torchrun workers
-plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop
+plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
+       plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N
 """
 import json
 import logging
@@ -32,7 +33,7 @@ def train(cfg: DictConfig) -> None:
 def plan(cfg: DictConfig) -> None:
     from .launcher.memory import estimate_memory
     from .launcher.torchrun import plan_launch
-    launch = plan_launch(cfg)
+    launch = plan_launch(cfg, check_devices=False)
     print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
     print(f"world size: {launch.world_size} ({cfg.launcher.nnodes} node(s) x {launch.nproc_per_node} "
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")

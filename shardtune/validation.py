@@ -4,6 +4,7 @@ OmegaConf already refuses unknown keys and wrong types against the schema (confi
 see are rules that join several fields ("zero3 is for full fine-tuning"); they live here, and each
 error names the key a user has to change.
 """
+import logging
 import os
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def _validate_method_strategy(cfg, device_type: str) -> None:
             raise ConfigError("method.bits", f"expected 4 (NF4/FP4) or 8 (LLM.int8), got {q.bits}")
         if q.quant_type not in ("nf4", "fp4"):
             raise ConfigError("method.quant_type", f"expected nf4 or fp4, got {q.quant_type!r}")
+        # bitsandbytes' CPU backend warns at import that an optional kernel package is absent.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             import bitsandbytes  # noqa: F401  (its CPU backend serves when there is no GPU)
         except ImportError as error:

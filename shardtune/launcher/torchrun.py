@@ -27,8 +27,8 @@ class LaunchPlan:
         return shlex.join(self.command)
 
 
-def detect_device(setting: str) -> str:
-    if setting == "cuda" and not torch.cuda.is_available():
+def detect_device(setting: str, check_devices: bool = True) -> str:
+    if check_devices and setting == "cuda" and not torch.cuda.is_available():
         raise ConfigError("launcher.device", "cuda was asked for but no GPU is visible")
     if setting not in ("auto", "cuda", "cpu"):
         raise ConfigError("launcher.device", f"expected auto, cuda or cpu, got {setting!r}")
@@ -37,15 +37,19 @@ def detect_device(setting: str) -> str:
     return setting
 
 
-def plan_launch(cfg) -> LaunchPlan:
-    """Validate `cfg` and fill in the machine-dependent fields (device, workers, precision). No side effects."""
-    device_type = detect_device(cfg.launcher.device)
+def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
+    """Validate `cfg` and fill in the machine-dependent fields (device, workers, precision). No side effects.
+
+    check_devices=False plans for GPUs this machine does not have (a login node): give
+    launcher.device=cuda and launcher.nproc_per_node.
+    """
+    device_type = detect_device(cfg.launcher.device, check_devices)
     nproc = cfg.launcher.nproc_per_node
     if nproc is None:
         nproc = torch.cuda.device_count() if device_type == "cuda" else cfg.launcher.cpu_workers
     if nproc < 1:
         raise ConfigError("launcher.nproc_per_node", f"must be >= 1, got {nproc}")
-    if device_type == "cuda" and nproc > torch.cuda.device_count():
+    if check_devices and device_type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError("launcher.nproc_per_node", f"{nproc} workers but only {torch.cuda.device_count()} GPUs visible")
     world_size = nproc * cfg.launcher.nnodes
     validate(cfg, device_type, world_size)

@@ -71,16 +71,24 @@ def quantization_config(method_cfg, compute_dtype: torch.dtype) -> BitsAndBytesC
                               bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=storage)
 
 
-def build_model(cfg, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
-    method = cfg.method.name
+def load_dtype(cfg, compute_dtype: torch.dtype) -> torch.dtype:
     # Full fine-tuning keeps fp32 weights (masters); the strategy casts for compute. A frozen LoRA
     # base only ever computes, so it is loaded straight in the compute dtype.
-    load_dtype = torch.float32 if method == "full" else compute_dtype
-    source = cfg.model.name_or_path
+    return torch.float32 if cfg.method.name == "full" else compute_dtype
+
+
+def model_source(cfg, compute_dtype: torch.dtype) -> str:
+    """Where the weights come from. Call outside a strategy's model_init_context: writing the random
+    init happens on one rank only, and ZeRO-3's partitioning context is collective."""
     if cfg.model.init == "random":
-        source = materialize_random_init(cfg, load_dtype)
-    kwargs = dict(dtype=load_dtype, attn_implementation=cfg.model.attn_implementation,
+        return materialize_random_init(cfg, load_dtype(cfg, compute_dtype))
+    return cfg.model.name_or_path
+
+
+def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
+    method = cfg.method.name
+    kwargs = dict(dtype=load_dtype(cfg, compute_dtype), attn_implementation=cfg.model.attn_implementation,
                   trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.init != "random":
         kwargs["revision"] = cfg.model.revision
@@ -89,6 +97,11 @@ def build_model(cfg, device: torch.device, compute_dtype: torch.dtype) -> torch.
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes while loading onto the device
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.config.use_cache = False  # the KV cache only serves generation
+    for module in model.modules():
+        # bitsandbytes repacks 4-bit weights in place for a faster CPU inference kernel the first time
+        # a module runs in eval mode; evaluation between training steps must see the training layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if cfg.train.activation_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ..data.instruct import Collator, ShardedBatches, load_rows, split_rows, tokenize_rows
 from . import checkpoint
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
-from .model import DTYPES, build_model, build_tokenizer, count_parameters
+from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 
@@ -65,8 +65,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same on every rank: identical adapter initialisation
         self.tokenizer = build_tokenizer(cfg.model)
         self.build_data()
+        source = model_source(cfg, self.dtype)
         with self.strategy.model_init_context():
-            model = build_model(cfg, self.device, self.dtype)
+            model = build_model(cfg, source, self.device, self.dtype)
         self.model_config = model.config
         self.num_params, self.num_trainable_params = count_parameters(model)
         self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, cfg.strategy.get("offload_optimizer", False)),
