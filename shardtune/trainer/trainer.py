@@ -62,10 +62,12 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
-        torch.manual_seed(cfg.train.seed)  # same on every rank: identical adapter initialisation
         self.tokenizer = build_tokenizer(cfg.model)
         self.build_data()
         source = model_source(cfg, self.dtype)
+        # Seeded right before building, after anything one rank does alone: every rank must create the
+        # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
+        torch.manual_seed(cfg.train.seed)
         with self.strategy.model_init_context():
             model = build_model(cfg, source, self.device, self.dtype)
         self.model_config = model.config

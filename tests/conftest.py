@@ -1,0 +1,39 @@
+"""Shared test helpers: run the real `shardtune` command and read what it wrote."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Small and fast, but every part of the loop runs: 2 gloo workers, tiny Llama, bundled data.
+FAST = ["train.max_steps=8", "train.seq_len=64", "train.micro_batch_size=4", "train.log_interval=1",
+        "train.eval_interval=0", "optim.lr=3e-3", "optim.warmup_steps=2"]
+
+
+def run_shardtune(command: str, *overrides: str, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "shardtune.cli", command, *overrides], capture_output=True,
+                            text=True, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})},
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"shardtune {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_metrics(output_dir) -> list:
+    return [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir) -> dict:
+    """{step: loss} of every logged training step."""
+    return {row["step"]: row["loss"] for row in read_metrics(output_dir) if "loss" in row}
+
+
+def final_val_loss(output_dir) -> float:
+    return [row["val/loss"] for row in read_metrics(output_dir) if "val/loss" in row][-1]
+
+
+@pytest.fixture(scope="session")
+def fast_overrides():
+    return list(FAST)
