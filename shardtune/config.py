@@ -115,8 +115,12 @@ class DeepSpeedStrategyConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    path: str = MISSING
+    format: str = "alpaca"
+    """alpaca: instruction JSONL at `path`. random_tokens: `num_rows` random sequences of train.seq_len."""
+    path: Optional[str] = None
     """Instruction JSONL file: one {"instruction", "input", "output"} object per line."""
+    num_rows: int = 0
+    """Rows to generate (random_tokens only)."""
     val_fraction: float = 0.1
     """Share of rows held out for validation; the split is deterministic for a given seed."""
     mask_prompt: bool = True
@@ -167,7 +171,9 @@ class TrainConfig:
     save_interval: int = 0
     """Save a resumable checkpoint every N steps (0 = none until the end)."""
     keep_checkpoints: int = 2
-    """How many periodic checkpoints to keep (oldest deleted first)."""
+    """How many periodic checkpoints to keep, oldest deleted first; 0 keeps all."""
+    save_final: bool = True
+    """Write final/ (adapter or model) at the end; throughput benchmarks turn it off."""
 
 
 @dataclass

@@ -36,14 +36,22 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_method_strategy(cfg, device_type)
     _validate_train(cfg.train, device_type, world_size)
     _validate_optim(cfg.optim)
-    if not Path(cfg.data.path).exists():
-        raise ConfigError("data.path", f"file not found: {cfg.data.path}")
+    _validate_data(cfg.data)
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.logger.name not in ("none", "wandb"):
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
         raise ConfigError("resume", f"expected none, auto or a checkpoint directory; {cfg.resume!r} is not a directory")
+
+
+def _validate_data(data) -> None:
+    if data.format not in ("alpaca", "random_tokens"):
+        raise ConfigError("data.format", f"expected alpaca or random_tokens, got {data.format!r}")
+    if data.format == "random_tokens" and data.num_rows < 1:
+        raise ConfigError("data.num_rows", "random_tokens needs num_rows >= 1")
+    if data.format == "alpaca" and (not data.path or not Path(data.path).is_file()):
+        raise ConfigError("data.path", f"file not found: {data.path}")
 
 
 def _validate_model(model) -> None:

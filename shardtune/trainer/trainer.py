@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.instruct import Collator, ShardedBatches, load_rows, split_rows, tokenize_rows
+from ..data import tokenized_splits
+from ..data.instruct import Collator, ShardedBatches
 from . import checkpoint
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
 from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
@@ -49,7 +50,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
         self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
-        self.started = time.perf_counter()
+        self.started = time.time()
 
     def run(self) -> None:
         try:
@@ -90,12 +91,11 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        train_rows, val_rows = split_rows(load_rows(cfg.data.path), cfg.data.val_fraction, cfg.train.seed)
+        train_rows, val_rows = tokenized_splits(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
         collator = Collator(self.tokenizer.pad_token_id)
 
         def batches(rows, shuffle):
-            tokenized = tokenize_rows(rows, self.tokenizer, cfg.train.seq_len, cfg.data.mask_prompt)
-            return ShardedBatches(tokenized, cfg.train.micro_batch_size, self.rank, self.world_size,
+            return ShardedBatches(rows, cfg.train.micro_batch_size, self.rank, self.world_size,
                                   cfg.train.seed, collator, shuffle=shuffle)
 
         self.train_batches = batches(train_rows, shuffle=True)
@@ -192,7 +192,7 @@ class Trainer:
     # -- the end -----------------------------------------------------------------------------
     def finish(self) -> None:
         results = self.evaluate()
-        final_dir = self.export()
+        final_dir = self.export() if self.cfg.train.save_final else None
         rates = self.throughput.totals()
         self.metrics.summary({
             "steps": self.step,
@@ -202,8 +202,8 @@ class Trainer:
             "tokens/s": rates.get("tokens_per_second"),
             "MFU": rates.get("mfu"),
             **memory_stats(self.device),
-            "wall time (s)": time.perf_counter() - self.started,
-            "saved to": str(final_dir),
+            "wall_time_s": time.time() - self.started,
+            "saved to": str(final_dir) if final_dir else "not saved (train.save_final=false)",
         })
 
     def export(self) -> Path:
