@@ -8,6 +8,9 @@ import logging
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 # Which strategies each method runs on. Pairs outside this table are refused up front.
 COMPATIBLE_STRATEGIES = {
     "full": ("zero1", "zero2", "zero3", "zero3_offload", "ddp", "fsdp"),
@@ -32,6 +35,7 @@ def looks_like_local_path(name: str) -> bool:
 
 def validate(cfg, device_type: str, world_size: int) -> None:
     """Raise ConfigError for the first rule `cfg` breaks. `device_type` is 'cuda' or 'cpu'."""
+    _validate_schema(cfg)
     _validate_model(cfg.model)
     _validate_method_strategy(cfg, device_type)
     _validate_train(cfg.train, device_type, world_size)
@@ -43,6 +47,24 @@ def validate(cfg, device_type: str, world_size: int) -> None:
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
         raise ConfigError("resume", f"expected none, auto or a checkpoint directory; {cfg.resume!r} is not a directory")
+
+
+def _validate_schema(cfg) -> None:
+    """Refuse keys the schema lacks. Hydra's `+key=value` appends them even to structured configs; the
+    workers' load_resolved would then refuse them only after torchrun had started."""
+    from .config import METHOD_SCHEMAS, STRATEGY_SCHEMAS, Config, strategy_schema
+    checks = [("", Config, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("method", "strategy")]))]
+    if cfg.method.name in METHOD_SCHEMAS:
+        checks.append(("method.", METHOD_SCHEMAS[cfg.method.name], cfg.method))
+    if "stage" in cfg.strategy or cfg.strategy.name in STRATEGY_SCHEMAS:
+        checks.append(("strategy.", strategy_schema(cfg.strategy), cfg.strategy))
+    for prefix, schema, node in checks:  # unknown method/strategy names are left to _validate_method_strategy
+        try:
+            # A plain copy: merging the composed node itself would carry its appended keys along.
+            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=False))
+        except OmegaConfBaseException as error:
+            key = prefix + (error.full_key or "")
+            raise ConfigError(key.rstrip("."), f"not accepted by the schema: {str(error).splitlines()[0]}") from error
 
 
 def _validate_data(data) -> None:

@@ -48,7 +48,10 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     if nproc is None:
         nproc = torch.cuda.device_count() if device_type == "cuda" else cfg.launcher.cpu_workers
     if nproc < 1:
-        raise ConfigError("launcher.nproc_per_node", f"must be >= 1, got {nproc}")
+        # Name the key that produced the count: cpu_workers stands in for nproc_per_node on CPU.
+        from_cpu_workers = cfg.launcher.nproc_per_node is None and device_type == "cpu"
+        key = "launcher.cpu_workers" if from_cpu_workers else "launcher.nproc_per_node"
+        raise ConfigError(key, f"must be >= 1, got {nproc}")
     if check_devices and device_type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError("launcher.nproc_per_node", f"{nproc} workers but only {torch.cuda.device_count()} GPUs visible")
     world_size = nproc * cfg.launcher.nnodes

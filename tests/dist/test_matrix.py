@@ -2,7 +2,7 @@
 that do the same math agree step by step."""
 import pytest
 
-from conftest import FAST, run_shardtune, train_losses
+from conftest import FAST, read_metrics, run_shardtune, train_losses
 
 PAIRS = [("full", "zero1"), ("full", "zero2"), ("full", "zero3"), ("full", "zero3_offload"),
          ("full", "ddp"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"), ("qlora", "ddp"), ("qlora", "fsdp")]
@@ -45,3 +45,48 @@ def test_strategies_agree_step_by_step(runs, group):
         losses = train_losses(runs[pair])
         for step, loss in reference.items():
             assert losses[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), f"{pair} vs {group[0]} at step {step}"
+
+
+def reloaded_val_loss(run_dir) -> float:
+    """Validation loss of final/ reloaded the way a user would (transformers / peft), over the same
+    validation rows and micro-batches the 2 training ranks evaluated."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shardtune.config import load_resolved
+    from shardtune.data import tokenized_splits
+    from shardtune.data.instruct import Collator, ShardedBatches
+    from shardtune.trainer.model import quantization_config
+
+    cfg = load_resolved(run_dir / "config.yaml")
+    final = run_dir / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    if cfg.method.name == "full":
+        model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    else:  # peft finds the base model through adapter_config.json
+        quantized = {}
+        if cfg.method.name == "qlora":
+            quantized = {"quantization_config": quantization_config(cfg.method, torch.float32), "device_map": {"": "cpu"}}
+        model = AutoPeftModelForCausalLM.from_pretrained(final, dtype=torch.float32, **quantized)
+    for module in model.modules():  # keep bitsandbytes on the layout training used (see trainer/model.py)
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    model.eval()
+    _, val_rows = tokenized_splits(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
+    loss_sum, tokens = 0.0, 0
+    with torch.no_grad():
+        for rank in range(2):
+            batches = ShardedBatches(val_rows, cfg.train.micro_batch_size, rank, 2, cfg.train.seed,
+                                     Collator(tokenizer.pad_token_id), shuffle=False)
+            for batch in batches.iterate(0):
+                loss_sum += model(**batch, num_items_in_batch=1).loss.item()
+                tokens += int((batch["labels"][:, 1:] != -100).sum())
+    return loss_sum / tokens
+
+
+@pytest.mark.parametrize("pair", [("full", "zero3"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"),
+                                  ("qlora", "ddp")], ids=lambda p: "-".join(p))
+def test_final_model_reloads_with_the_training_numbers(runs, pair):
+    logged = [row["val/loss"] for row in read_metrics(runs[pair]) if "val/loss" in row][-1]
+    assert reloaded_val_loss(runs[pair]) == pytest.approx(logged, rel=1e-5)

@@ -1,0 +1,358 @@
+"""Unit tests of the launcher (shardtune/launcher/torchrun.py) and of `shardtune plan` / `shardtune train --cfg job`.
+
+plan_launch and write_run_config are called in-process on configs composed with Hydra's compose API.
+Nothing here starts torchrun: the CLI runs are `plan`, `train --cfg job`, and `train` invocations that the
+launcher refuses before any worker exists.
+"""
+import json
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from conftest import run_shardtune
+from shardtune.config import DeepSpeedStrategyConfig, LoraMethodConfig, TrainConfig, load_resolved, register_configs
+from shardtune.launcher.torchrun import RUN_MARKERS, detect_device, plan_launch, torchrun_command, write_run_config
+from shardtune.validation import ConfigError
+
+WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
+
+
+def compose_cfg(*overrides: str):
+    register_configs()
+    with initialize_config_module(config_module="shardtune.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without a visible GPU, whatever it really has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def plan_error(cfg, check_devices: bool = True) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        plan_launch(cfg, check_devices=check_devices)
+    return info.value
+
+
+# --------------------------------------------------------------------------- CLI runs, started in the background
+#
+# Each CLI run starts a fresh interpreter; they run in background threads from the start of the module so
+# that their start-up overlaps the in-process tests, and the tests at the end of the file read their results.
+
+NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def cli_cases(root):
+    """name: (command, overrides, env). Refused `train` runs also get a resume path that does not exist: resume
+    is validated last, so if the rule under test let the config through, the run still stops before torchrun."""
+    backstop = f"resume={root / 'no-such-checkpoint'}"
+    return {
+        "plan-qlora-fsdp-8gpu": ("plan", ["model=llama3.1-8b", "method=qlora", "strategy=fsdp", "launcher.device=cuda",
+                                          "launcher.nproc_per_node=8", f"output_dir={root / 'plan-qlora'}"], None),
+        "plan-full-zero3": ("plan", ["method=full", "strategy=zero3", "launcher.device=cpu",
+                                     f"output_dir={root / 'plan-zero3'}"], None),
+        "train-cuda-without-gpu": ("train", ["launcher.device=cuda", f"output_dir={root / 'cuda'}", backstop], NO_GPU_ENV),
+        "train-cfg-job": ("train", ["method=qlora", "train.seq_len=128", f"output_dir={root / 'cfg-job'}", "--cfg", "job"],
+                          None),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    runs = {}
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        for name, (command, overrides, env) in cli_cases(root).items():
+            runs[name] = pool.submit(run_shardtune, command, *overrides, check=False, env=env)
+
+        class Runs:
+            path = root
+
+            def __getitem__(self, name):
+                return runs[name].result()
+
+        yield Runs()
+
+
+# --------------------------------------------------------------------------- plan_launch: machine-dependent fields
+
+
+def test_cpu_plan_resolves_precision_workers_and_device(tmp_path, no_gpu):
+    cfg = compose_cfg("launcher.cpu_workers=3", f"output_dir={tmp_path / 'run'}")
+    assert cfg.train.precision == "auto" and cfg.launcher.nproc_per_node is None and cfg.launcher.device == "auto"
+    plan = plan_launch(cfg)
+    assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cpu", 3, 3)
+    assert cfg.train.precision == "fp32"
+    assert cfg.launcher.nproc_per_node == 3 and cfg.launcher.device == "cpu"
+    assert plan.config_path == tmp_path / "run" / "config.yaml"
+    assert not (tmp_path / "run").exists()  # planning writes nothing
+
+
+def test_explicit_precision_and_nproc_are_kept(tmp_path):
+    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.cpu_workers=5",
+                      "train.precision=bf16", f"output_dir={tmp_path}")
+    plan = plan_launch(cfg)
+    assert plan.nproc_per_node == 2 and cfg.train.precision == "bf16"
+
+
+def test_single_node_command_is_standalone_and_ends_with_the_worker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("launcher.device=cpu", "launcher.cpu_workers=2", "output_dir=runs/relative")
+    plan = plan_launch(cfg)
+    config_path = tmp_path / "runs" / "relative" / "config.yaml"
+    assert plan.config_path.is_absolute() and plan.config_path == config_path
+    assert plan.command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=2" in plan.command
+    assert "--standalone" in plan.command
+    assert not any(arg.startswith(("--nnodes", "--node-rank", "--master-addr", "--master-port")) for arg in plan.command)
+    assert plan.command[-3:] == WORKER_TAIL + [str(config_path)]
+    assert plan.command_line().endswith(f"-m shardtune.trainer.worker {config_path}")
+
+
+def test_multi_node_command_names_the_rendezvous(tmp_path):
+    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=3", "launcher.node_rank=1",
+                      "launcher.master_addr=10.0.0.7", "launcher.master_port=29611", f"output_dir={tmp_path}")
+    plan = plan_launch(cfg)
+    assert plan.world_size == 6
+    assert "--standalone" not in plan.command
+    for flag in ("--nproc-per-node=2", "--nnodes=3", "--node-rank=1", "--master-addr=10.0.0.7", "--master-port=29611"):
+        assert flag in plan.command
+    assert plan.command[-3:] == WORKER_TAIL + [str(tmp_path / "config.yaml")]
+
+
+def test_multi_node_without_a_port_uses_the_default_rendezvous_port(tmp_path):
+    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=1", "launcher.nnodes=2", f"output_dir={tmp_path}")
+    command = plan_launch(cfg).command
+    assert "--master-port=29500" in command and "--standalone" not in command
+
+
+def test_torchrun_command_alone(tmp_path):
+    cfg = compose_cfg("launcher.nproc_per_node=4")
+    command = torchrun_command(cfg, tmp_path / "config.yaml")
+    assert command == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone",
+                       "-m", "shardtune.trainer.worker", str(tmp_path / "config.yaml")]
+
+
+def test_global_batch_size_counts_every_node(tmp_path):
+    good = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=2",
+                       "train.micro_batch_size=4", "train.global_batch_size=16", f"output_dir={tmp_path}")
+    assert plan_launch(good).world_size == 4
+    bad = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=2",
+                      "train.micro_batch_size=4", "train.global_batch_size=8", f"output_dir={tmp_path}")
+    error = plan_error(bad)
+    assert error.key == "train.global_batch_size"
+    assert "8 != micro_batch_size 4 x grad_accum 1 x world size 4 = 16" in str(error)
+
+
+def test_plan_launch_runs_the_validation_rules(tmp_path):
+    error = plan_error(compose_cfg("method=qlora", "strategy=zero2", "launcher.device=cpu", f"output_dir={tmp_path}"))
+    assert error.key == "strategy" and "strategies that fit qlora: ddp, fsdp" in str(error)
+    error = plan_error(compose_cfg("train.precision=fp16", "launcher.device=cpu", f"output_dir={tmp_path}"))
+    assert error.key == "train.precision"
+
+
+# --------------------------------------------------------------------------- devices and worker counts
+
+
+def test_cuda_without_a_gpu_is_refused_for_training_but_plannable(tmp_path, no_gpu):
+    overrides = ["launcher.device=cuda", "launcher.nproc_per_node=8", f"output_dir={tmp_path}"]
+    error = plan_error(compose_cfg(*overrides))
+    assert error.key == "launcher.device" and "no GPU" in str(error)
+    cfg = compose_cfg(*overrides)
+    plan = plan_launch(cfg, check_devices=False)
+    assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cuda", 8, 8)
+    assert cfg.train.precision == "bf16"
+    assert "--nproc-per-node=8" in plan.command
+
+
+def test_planning_cuda_without_a_gpu_needs_nproc_per_node(tmp_path, no_gpu):
+    error = plan_error(compose_cfg("launcher.device=cuda", f"output_dir={tmp_path}"), check_devices=False)
+    assert error.key == "launcher.nproc_per_node"
+
+
+def test_more_workers_than_visible_gpus_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = compose_cfg("launcher.device=cuda", "launcher.nproc_per_node=4", f"output_dir={tmp_path}")
+    error = plan_error(cfg)
+    assert error.key == "launcher.nproc_per_node" and "only 2 GPUs" in str(error)
+
+
+def test_auto_device_without_a_gpu_is_cpu(no_gpu):
+    assert detect_device("auto") == "cpu"
+    assert detect_device("cpu") == "cpu"
+    with pytest.raises(ConfigError) as info:
+        detect_device("cuda")
+    assert info.value.key == "launcher.device"
+    assert detect_device("cuda", check_devices=False) == "cuda"
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(ConfigError) as info:
+        detect_device("tpu")
+    assert info.value.key == "launcher.device" and "'tpu'" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["launcher.nproc_per_node=0"], "launcher.nproc_per_node"),
+    (["launcher.nproc_per_node=-2"], "launcher.nproc_per_node"),
+    (["launcher.cpu_workers=0"], "launcher.cpu_workers"),  # cpu_workers is what set the count
+])
+def test_fewer_than_one_worker_is_refused(tmp_path, overrides, key):
+    error = plan_error(compose_cfg("launcher.device=cpu", *overrides, f"output_dir={tmp_path}"))
+    assert error.key == key and "must be >= 1" in str(error)
+
+
+# --------------------------------------------------------------------------- write_run_config
+
+
+def planned(tmp_path, *overrides):
+    cfg = compose_cfg("launcher.device=cpu", *overrides)
+    return cfg, plan_launch(cfg)
+
+
+def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
+    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}/${{model.name}}-${{method.name}}", "train.seq_len=128")
+    write_run_config(cfg, plan)
+    path = tmp_path / "tiny-lora" / "config.yaml"
+    assert plan.config_path == path and path.is_file()
+    text = path.read_text()
+    assert "${" not in text
+    assert not list(path.parent.glob("*.tmp"))
+    raw = OmegaConf.load(path)
+    assert raw.output_dir == str(tmp_path / "tiny-lora")
+    assert raw.train.precision == "fp32" and raw.launcher.nproc_per_node == 2 and raw.launcher.device == "cpu"
+    assert os.path.isdir(raw.model.tokenizer) and os.path.isfile(raw.data.path)
+
+    loaded = load_resolved(path)
+    assert OmegaConf.get_type(loaded.train) is TrainConfig
+    assert OmegaConf.get_type(loaded.method) is LoraMethodConfig
+    assert loaded.train.seq_len == 128 and loaded.method.rank == 16
+    with pytest.raises(ValidationError):
+        loaded.train.seq_len = "abc"
+    with pytest.raises(ValidationError):
+        loaded.method.rank = "sixteen"
+    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_deepspeed_run_config_reloads_with_the_deepspeed_schema(tmp_path):
+    cfg, plan = planned(tmp_path, "method=full", "strategy=zero3_offload", f"output_dir={tmp_path}")
+    write_run_config(cfg, plan)
+    loaded = load_resolved(plan.config_path)
+    assert OmegaConf.get_type(loaded.strategy) is DeepSpeedStrategyConfig
+    assert loaded.strategy.stage == 3 and loaded.strategy.offload_param is True
+    with pytest.raises(ValidationError):
+        loaded.strategy.stage = "three"
+
+
+def make_marker(output_dir, marker):
+    if marker == "metrics.jsonl":
+        (output_dir / marker).write_text('{"step": 1, "loss": 2.5}\n')
+        return output_dir / marker
+    (output_dir / marker).mkdir()
+    (output_dir / marker / "model.safetensors").write_text("weights")
+    return output_dir / marker / "model.safetensors"
+
+
+@pytest.mark.parametrize("marker", RUN_MARKERS)
+def test_fresh_start_over_an_earlier_run_is_refused_and_touches_nothing(tmp_path, marker):
+    assert set(RUN_MARKERS) == {"metrics.jsonl", "checkpoints", "final"}
+    marker_file = make_marker(tmp_path, marker)
+    (tmp_path / "config.yaml").write_text("earlier: run\n")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}", "resume=none")
+    with pytest.raises(ConfigError) as info:
+        write_run_config(cfg, plan)
+    assert info.value.key == "output_dir" and "resume=auto" in str(info.value)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert marker_file.exists()
+
+
+@pytest.mark.parametrize("marker", RUN_MARKERS)
+def test_resume_auto_may_write_over_an_earlier_run(tmp_path, marker):
+    marker_file = make_marker(tmp_path, marker)
+    content = marker_file.read_bytes()
+    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}", "resume=auto")
+    write_run_config(cfg, plan)
+    assert load_resolved(plan.config_path).resume == "auto"
+    assert marker_file.read_bytes() == content
+
+
+def test_a_directory_without_run_outputs_is_fine(tmp_path):
+    # Hydra creates output_dir (and launcher.log in it) before the launcher runs.
+    (tmp_path / "launcher.log").write_text("")
+    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}")
+    write_run_config(cfg, plan)
+    assert plan.config_path.is_file()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def memory_rows(stdout: str) -> dict:
+    """{component: GiB} from the memory table `shardtune plan` prints."""
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+\.\d+)\s", line)
+        if match:
+            rows[match.group(1)] = float(match.group(2))
+    return rows
+
+
+def test_plan_for_eight_gpus_prints_world_size_command_and_memory(cli):
+    result = cli["plan-qlora-fsdp-8gpu"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "world size: 8 (1 node(s) x 8 cuda worker(s)); precision bf16" in out
+    command = next(line for line in out.splitlines() if line.startswith("command: "))
+    config_path = cli.path / "plan-qlora" / "config.yaml"
+    assert "-m torch.distributed.run --nproc-per-node=8 --standalone" in command
+    assert command.endswith(f"-m shardtune.trainer.worker {config_path}")
+    rows = memory_rows(out)
+    assert {"weights", "grads", "optimizer", "activations", "total"} <= set(rows)
+    parts = sum(value for name, value in rows.items() if name != "total")
+    assert rows["total"] == pytest.approx(parts, abs=0.01 * len(rows))
+    assert 0 < rows["weights"] < rows["total"]
+    assert "DeepSpeed config" not in out
+    assert not (cli.path / "plan-qlora").exists()  # plan leaves output_dir alone
+
+
+def test_plan_for_zero3_prints_the_deepspeed_json(cli):
+    result = cli["plan-full-zero3"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    start = out.index("DeepSpeed config:\n") + len("DeepSpeed config:\n")
+    deepspeed, _ = json.JSONDecoder().raw_decode(out[start:])
+    assert deepspeed["zero_optimization"]["stage"] == 3
+    assert deepspeed["train_micro_batch_size_per_gpu"] == 4 and deepspeed["gradient_accumulation_steps"] == 1
+    assert deepspeed["bf16"]["enabled"] is False and deepspeed["fp16"]["enabled"] is False  # fp32 on CPU
+    assert "total" in memory_rows(out)
+    assert not (cli.path / "plan-zero3").exists()
+
+
+def test_train_refuses_cuda_without_a_gpu(cli):
+    result = cli["train-cuda-without-gpu"]
+    assert result.returncode != 0
+    assert "config error: launcher.device: cuda was asked for but no GPU is visible" in result.stderr
+    assert "Traceback" not in result.stderr and "torch.distributed.run" not in result.stdout + result.stderr
+    assert not (cli.path / "cuda" / "config.yaml").exists()
+
+
+def test_train_cfg_job_prints_the_config_and_starts_nothing(cli):
+    result = cli["train-cfg-job"]
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.method.name == "qlora" and printed.method.bits == 4
+    assert printed.train.seq_len == 128 and printed.strategy.name == "ddp"
+    assert printed.output_dir == str(cli.path / "cfg-job")
+    assert "torch.distributed.run" not in result.stdout + result.stderr
+    assert not (cli.path / "cfg-job").exists()
