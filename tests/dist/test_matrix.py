@@ -2,7 +2,7 @@
 that do the same math agree step by step."""
 import pytest
 
-from conftest import FAST, read_metrics, run_shardtune, train_losses
+from conftest import FAST, final_val_loss, read_metrics, run_shardtune, train_losses
 
 PAIRS = [("full", "zero1"), ("full", "zero2"), ("full", "zero3"), ("full", "zero3_offload"),
          ("full", "ddp"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"), ("qlora", "ddp"), ("qlora", "fsdp")]
@@ -18,6 +18,8 @@ def runs(tmp_path_factory):
     for method, strategy in PAIRS:
         output_dir = root / f"{method}-{strategy}"
         extra = [] if method == "full" else ["method.dropout=0"]  # dropout masks would differ between wrappers
+        if (method, strategy) == ("lora", "ddp"):
+            extra.append("logger=wandb")  # offline (WANDB_MODE=offline in run_shardtune)
         run_shardtune("train", f"method={method}", f"strategy={strategy}", f"output_dir={output_dir}", *FAST, *extra)
         done[(method, strategy)] = output_dir
     return done
@@ -45,6 +47,21 @@ def test_strategies_agree_step_by_step(runs, group):
         losses = train_losses(runs[pair])
         for step, loss in reference.items():
             assert losses[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), f"{pair} vs {group[0]} at step {step}"
+
+
+def test_wandb_offline_run_holds_what_metrics_jsonl_holds(runs):
+    from wandb_reader import history_and_summary
+    run_dir = runs[("lora", "ddp")]
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline_runs) == 1
+    history, summary, exit_codes, _ = history_and_summary(offline_runs[0])
+    logged = {h["_step"]: h["loss"] for h in history if "loss" in h}
+    assert logged == pytest.approx(train_losses(run_dir))
+    assert {"lr", "grad_norm", "tokens_per_second", "tokens_per_second_per_device", "step_time_s",
+            "host_rss_gib"} <= set(history[0])
+    assert summary["val/loss"] == pytest.approx(final_val_loss(run_dir))
+    assert exit_codes == [0]
 
 
 def reloaded_val_loss(run_dir) -> float:
@@ -88,5 +105,4 @@ def reloaded_val_loss(run_dir) -> float:
 @pytest.mark.parametrize("pair", [("full", "zero3"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"),
                                   ("qlora", "ddp")], ids=lambda p: "-".join(p))
 def test_final_model_reloads_with_the_training_numbers(runs, pair):
-    logged = [row["val/loss"] for row in read_metrics(runs[pair]) if "val/loss" in row][-1]
-    assert reloaded_val_loss(runs[pair]) == pytest.approx(logged, rel=1e-5)
+    assert reloaded_val_loss(runs[pair]) == pytest.approx(final_val_loss(runs[pair]), rel=1e-5)

@@ -5,6 +5,8 @@ Configs are composed in-process with Hydra's compose API; the command line is ex
 `run_shardtune` only where the user-facing error message is what is being tested. No worker starts:
 every CLI call here is refused while Hydra composes or while the launcher validates.
 """
+import copy
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,10 +36,21 @@ from shardtune.validation import ConfigError, validate
 STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
 
 
-def compose_cfg(*overrides: str):
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple):
     register_configs()
     with initialize_config_module(config_module="shardtune.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_cfg(*overrides: str, values: dict = None):
+    """The config Hydra composes from `overrides` (composed once per distinct list: a compose costs about
+    0.1 s; each call gets its own copy), with `values` ({dotted key: value}) then set on the typed nodes,
+    which check types as Hydra's overrides would."""
+    cfg = copy.deepcopy(_composed(overrides))
+    for key, value in (values or {}).items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
 
 
 def config_error(cfg, device_type: str = "cpu", world_size: int = 2) -> ConfigError:
@@ -251,66 +264,77 @@ def test_method_strategy_pairs(method, strategy):
     assert {name.strip() for name in listed.split(",")} == FITTING[method]
 
 
-@pytest.mark.parametrize("overrides, key, fragment", [
-    (["train.epochs=1"], "train.max_steps", "exactly one of train.max_steps and train.epochs"),
-    (["train.max_steps=null"], "train.max_steps", "exactly one of train.max_steps and train.epochs"),
-    (["train.max_steps=0"], "train.max_steps", "must be >= 1"),
-    (["train.max_steps=null", "train.epochs=0"], "train.epochs", "must be > 0"),
-    (["train.micro_batch_size=0"], "train.micro_batch_size", "must be >= 1"),
-    (["train.grad_accum=0"], "train.grad_accum", "must be >= 1"),
-    (["train.micro_batch_size=4", "train.grad_accum=2", "train.global_batch_size=10"], "train.global_batch_size",
+# (group overrides composed by Hydra, {key: value} set on the result, the key the error names, part of its message)
+REFUSED = [
+    ((), {"train.epochs": 1}, "train.max_steps", "exactly one of train.max_steps and train.epochs"),
+    ((), {"train.max_steps": None}, "train.max_steps", "exactly one of train.max_steps and train.epochs"),
+    ((), {"train.max_steps": 0}, "train.max_steps", "must be >= 1"),
+    ((), {"train.max_steps": None, "train.epochs": 0}, "train.epochs", "must be > 0"),
+    ((), {"train.micro_batch_size": 0}, "train.micro_batch_size", "must be >= 1"),
+    ((), {"train.grad_accum": 0}, "train.grad_accum", "must be >= 1"),
+    ((), {"train.micro_batch_size": 4, "train.grad_accum": 2, "train.global_batch_size": 10}, "train.global_batch_size",
      "10 != micro_batch_size 4 x grad_accum 2 x world size 2 = 16"),
-    (["train.precision=fp16"], "train.precision", "fp16 needs a GPU"),
-    (["train.precision=fp8"], "train.precision", "'fp8'"),
-    (["optim.scheduler=step"], "optim.scheduler", "cosine, linear, constant"),
-    (["optim.lr=0"], "optim.lr", "must be > 0"),
-    (["optim.lr=-1e-4"], "optim.lr", "must be > 0"),
-    (["data.path=/nonexistent/rows.jsonl"], "data.path", "file not found"),
-    (["data.path=null"], "data.path", "file not found"),
-    (["data.format=csv"], "data.format", "alpaca or random_tokens"),
-    (["data.val_fraction=1.0"], "data.val_fraction", "[0, 1)"),
-    (["model.tokenizer=/nonexistent/tokenizer"], "model.tokenizer", "tokenizer directory not found"),
-    (["model.init=pretrained"], "model.name_or_path", "set a hub id or a local model directory"),
-    (["model.init=scratch"], "model.init", "pretrained or random"),
-    (["method=full", "strategy=zero2", "strategy.offload_param=true"], "strategy.offload_param", "stage 3"),
-    (["method=full", "strategy=zero1", "strategy.offload_param=true"], "strategy.offload_param", "stage 3"),
-    (["method=qlora", "method.bits=3"], "method.bits", "got 3"),
-    (["method=qlora", "method.bits=16"], "method.bits", "got 16"),
-    (["method=qlora", "method.quant_type=int4"], "method.quant_type", "nf4 or fp4"),
-    (["method=lora", "method.rank=0"], "method.rank", "rank must be >= 1"),
-    (["logger.name=tensorboard"], "logger.name", "none or wandb"),
-    (["optim.name=sgd"], "optim.name", "adamw"),
-])
-def test_validate_refuses_naming_the_key(overrides, key, fragment):
-    error = config_error(compose_cfg(*overrides))
+    ((), {"train.precision": "fp16"}, "train.precision", "fp16 needs a GPU"),
+    ((), {"train.precision": "fp8"}, "train.precision", "'fp8'"),
+    ((), {"optim.scheduler": "step"}, "optim.scheduler", "cosine, linear, constant"),
+    ((), {"optim.lr": 0}, "optim.lr", "must be > 0"),
+    ((), {"optim.lr": -1e-4}, "optim.lr", "must be > 0"),
+    ((), {"optim.name": "sgd"}, "optim.name", "adamw"),
+    ((), {"data.path": "/nonexistent/rows.jsonl"}, "data.path", "file not found"),
+    ((), {"data.path": None}, "data.path", "file not found"),
+    ((), {"data.format": "csv"}, "data.format", "alpaca or random_tokens"),
+    ((), {"data.val_fraction": 1.0}, "data.val_fraction", "[0, 1)"),
+    ((), {"model.tokenizer": "/nonexistent/tokenizer"}, "model.tokenizer", "tokenizer directory not found"),
+    ((), {"model.init": "pretrained"}, "model.name_or_path", "set a hub id or a local model directory"),
+    ((), {"model.init": "scratch"}, "model.init", "pretrained or random"),
+    ((), {"logger.name": "tensorboard"}, "logger.name", "none or wandb"),
+    (("method=full", "strategy=zero2"), {"strategy.offload_param": True}, "strategy.offload_param", "stage 3"),
+    (("method=full", "strategy=zero1"), {"strategy.offload_param": True}, "strategy.offload_param", "stage 3"),
+    (("method=qlora",), {"method.bits": 3}, "method.bits", "got 3"),
+    (("method=qlora",), {"method.bits": 16}, "method.bits", "got 16"),
+    (("method=qlora",), {"method.quant_type": "int4"}, "method.quant_type", "nf4 or fp4"),
+    (("method=lora",), {"method.rank": 0}, "method.rank", "rank must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides, values, key, fragment", REFUSED, ids=[f"{case[2]}-{i}" for i, case in enumerate(REFUSED)])
+def test_validate_refuses_naming_the_key(overrides, values, key, fragment):
+    error = config_error(compose_cfg(*overrides, values=values))
     assert error.key == key
     assert str(error).startswith(f"{key}: ")
     assert fragment in str(error)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["train.max_steps=null", "train.epochs=0.5"],
-    ["train.micro_batch_size=4", "train.grad_accum=2", "train.global_batch_size=16"],
-    ["train.precision=bf16"],
-    ["train.precision=fp32"],
-    ["optim.scheduler=linear"],
-    ["optim.scheduler=constant"],
-    ["method=full", "strategy=zero3", "strategy.offload_param=true"],
-    ["method=qlora", "method.bits=8"],
-    ["method=qlora", "method.quant_type=fp4"],
+@pytest.mark.parametrize("overrides, values", [
+    ((), {"train.max_steps": None, "train.epochs": 0.5}),
+    ((), {"train.micro_batch_size": 4, "train.grad_accum": 2, "train.global_batch_size": 16}),
+    ((), {"train.precision": "bf16"}),
+    ((), {"train.precision": "fp32"}),
+    ((), {"optim.scheduler": "linear"}),
+    ((), {"optim.scheduler": "constant"}),
+    (("method=full", "strategy=zero3"), {"strategy.offload_param": True}),
+    (("method=qlora",), {"method.bits": 8}),
+    (("method=qlora",), {"method.quant_type": "fp4"}),
 ])
-def test_validate_accepts_the_valid_side_of_each_rule(overrides):
-    validate(compose_cfg(*overrides), "cpu", 2)
+def test_validate_accepts_the_valid_side_of_each_rule(overrides, values):
+    validate(compose_cfg(*overrides, values=values), "cpu", 2)
+
+
+def test_rules_apply_to_hydra_overrides_too():
+    error = config_error(compose_cfg("train.epochs=1"))
+    assert error.key == "train.max_steps"
+    error = config_error(compose_cfg("method=qlora", "method.bits=3"))
+    assert error.key == "method.bits"
 
 
 def test_fp16_is_refused_on_cpu_only():
-    cfg = compose_cfg("train.precision=fp16")
+    cfg = compose_cfg(values={"train.precision": "fp16"})
     assert config_error(cfg, device_type="cpu").key == "train.precision"
     validate(cfg, "cuda", 2)
 
 
 def test_global_batch_size_counts_every_rank():
-    cfg = compose_cfg("train.micro_batch_size=2", "train.grad_accum=3", "train.global_batch_size=48")
+    cfg = compose_cfg(values={"train.micro_batch_size": 2, "train.grad_accum": 3, "train.global_batch_size": 48})
     validate(cfg, "cpu", 8)
     error = config_error(cfg, world_size=4)
     assert "48 != micro_batch_size 2 x grad_accum 3 x world size 4 = 24" in str(error)
@@ -319,7 +343,7 @@ def test_global_batch_size_counts_every_rank():
 def test_local_model_path_needs_a_config_json(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    cfg = compose_cfg("model.init=pretrained", f"model.name_or_path={model_dir}")
+    cfg = compose_cfg(values={"model.init": "pretrained", "model.name_or_path": str(model_dir)})
     error = config_error(cfg)
     assert error.key == "model.name_or_path"
     assert "no config.json" in str(error) and str(model_dir) in str(error)
@@ -328,29 +352,29 @@ def test_local_model_path_needs_a_config_json(tmp_path):
 
 
 def test_relative_model_path_that_does_not_exist_is_refused():
-    error = config_error(compose_cfg("model.init=pretrained", "model.name_or_path=./no-such-model"))
-    assert error.key == "model.name_or_path"
+    cfg = compose_cfg(values={"model.init": "pretrained", "model.name_or_path": "./no-such-model"})
+    assert config_error(cfg).key == "model.name_or_path"
 
 
 def test_hub_id_model_is_not_checked_on_disk():
-    validate(compose_cfg("model=tiny", "model.init=pretrained", "model.name_or_path=org/not-on-disk"), "cpu", 2)
+    validate(compose_cfg(values={"model.init": "pretrained", "model.name_or_path": "org/not-on-disk"}), "cpu", 2)
 
 
 def test_tokenizer_must_be_an_existing_directory(tmp_path):
     tokenizer_file = tmp_path / "tokenizer.json"
     tokenizer_file.write_text("{}")
-    assert config_error(compose_cfg(f"model.tokenizer={tokenizer_file}")).key == "model.tokenizer"
-    validate(compose_cfg(f"model.tokenizer={tmp_path}"), "cpu", 2)
+    assert config_error(compose_cfg(values={"model.tokenizer": str(tokenizer_file)})).key == "model.tokenizer"
+    validate(compose_cfg(values={"model.tokenizer": str(tmp_path)}), "cpu", 2)
 
 
 def test_resume_must_be_none_auto_or_a_directory(tmp_path):
     not_a_dir = tmp_path / "checkpoint.pt"
     not_a_dir.write_text("")
-    error = config_error(compose_cfg(f"resume={not_a_dir}"))
+    error = config_error(compose_cfg(values={"resume": str(not_a_dir)}))
     assert error.key == "resume" and "is not a directory" in str(error)
-    assert config_error(compose_cfg(f"resume={tmp_path / 'missing'}")).key == "resume"
+    assert config_error(compose_cfg(values={"resume": str(tmp_path / "missing")})).key == "resume"
     for resume in ("none", "auto", str(tmp_path)):
-        validate(compose_cfg(f"resume={resume}"), "cpu", 2)
+        validate(compose_cfg(values={"resume": resume}), "cpu", 2)
 
 
 def test_validate_leaves_the_config_unchanged():

@@ -1,5 +1,4 @@
 """Unit tests of the shipped tiny tokenizer and data set, and of shardtune/data/instruct.py."""
-import json
 
 import pytest
 from transformers import AutoTokenizer

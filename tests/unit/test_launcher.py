@@ -4,6 +4,8 @@ plan_launch and write_run_config are called in-process on configs composed with 
 Nothing here starts torchrun: the CLI runs are `plan`, `train --cfg job`, and `train` invocations that the
 launcher refuses before any worker exists.
 """
+import copy
+import functools
 import json
 import os
 import re
@@ -24,10 +26,20 @@ from shardtune.validation import ConfigError
 WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
 
 
-def compose_cfg(*overrides: str):
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple):
     register_configs()
     with initialize_config_module(config_module="shardtune.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_cfg(*overrides: str, values: dict = None):
+    """The config Hydra composes from `overrides` (composed once per distinct list; each call gets its own
+    copy), with `values` ({dotted key: value}) then set on the typed nodes."""
+    cfg = copy.deepcopy(_composed(overrides))
+    for key, value in (values or {}).items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
 
 
 @pytest.fixture
@@ -87,7 +99,7 @@ def cli(tmp_path_factory):
 
 
 def test_cpu_plan_resolves_precision_workers_and_device(tmp_path, no_gpu):
-    cfg = compose_cfg("launcher.cpu_workers=3", f"output_dir={tmp_path / 'run'}")
+    cfg = compose_cfg(values={"launcher.cpu_workers": 3, "output_dir": str(tmp_path / "run")})
     assert cfg.train.precision == "auto" and cfg.launcher.nproc_per_node is None and cfg.launcher.device == "auto"
     plan = plan_launch(cfg)
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cpu", 3, 3)
@@ -98,15 +110,15 @@ def test_cpu_plan_resolves_precision_workers_and_device(tmp_path, no_gpu):
 
 
 def test_explicit_precision_and_nproc_are_kept(tmp_path):
-    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.cpu_workers=5",
-                      "train.precision=bf16", f"output_dir={tmp_path}")
+    cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.nproc_per_node": 2, "launcher.cpu_workers": 5,
+                              "train.precision": "bf16", "output_dir": str(tmp_path)})
     plan = plan_launch(cfg)
     assert plan.nproc_per_node == 2 and cfg.train.precision == "bf16"
 
 
 def test_single_node_command_is_standalone_and_ends_with_the_worker(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("launcher.device=cpu", "launcher.cpu_workers=2", "output_dir=runs/relative")
+    cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.cpu_workers": 2, "output_dir": "runs/relative"})
     plan = plan_launch(cfg)
     config_path = tmp_path / "runs" / "relative" / "config.yaml"
     assert plan.config_path.is_absolute() and plan.config_path == config_path
@@ -119,8 +131,9 @@ def test_single_node_command_is_standalone_and_ends_with_the_worker(tmp_path, mo
 
 
 def test_multi_node_command_names_the_rendezvous(tmp_path):
-    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=3", "launcher.node_rank=1",
-                      "launcher.master_addr=10.0.0.7", "launcher.master_port=29611", f"output_dir={tmp_path}")
+    cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.nproc_per_node": 2, "launcher.nnodes": 3,
+                              "launcher.node_rank": 1, "launcher.master_addr": "10.0.0.7", "launcher.master_port": 29611,
+                              "output_dir": str(tmp_path)})
     plan = plan_launch(cfg)
     assert plan.world_size == 6
     assert "--standalone" not in plan.command
@@ -130,7 +143,8 @@ def test_multi_node_command_names_the_rendezvous(tmp_path):
 
 
 def test_multi_node_without_a_port_uses_the_default_rendezvous_port(tmp_path):
-    cfg = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=1", "launcher.nnodes=2", f"output_dir={tmp_path}")
+    cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.nproc_per_node": 1, "launcher.nnodes": 2,
+                              "output_dir": str(tmp_path)})
     command = plan_launch(cfg).command
     assert "--master-port=29500" in command and "--standalone" not in command
 
@@ -143,20 +157,20 @@ def test_torchrun_command_alone(tmp_path):
 
 
 def test_global_batch_size_counts_every_node(tmp_path):
-    good = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=2",
-                       "train.micro_batch_size=4", "train.global_batch_size=16", f"output_dir={tmp_path}")
+    two_nodes = {"launcher.device": "cpu", "launcher.nproc_per_node": 2, "launcher.nnodes": 2,
+                 "train.micro_batch_size": 4, "output_dir": str(tmp_path)}
+    good = compose_cfg(values={**two_nodes, "train.global_batch_size": 16})
     assert plan_launch(good).world_size == 4
-    bad = compose_cfg("launcher.device=cpu", "launcher.nproc_per_node=2", "launcher.nnodes=2",
-                      "train.micro_batch_size=4", "train.global_batch_size=8", f"output_dir={tmp_path}")
+    bad = compose_cfg(values={**two_nodes, "train.global_batch_size": 8})
     error = plan_error(bad)
     assert error.key == "train.global_batch_size"
     assert "8 != micro_batch_size 4 x grad_accum 1 x world size 4 = 16" in str(error)
 
 
 def test_plan_launch_runs_the_validation_rules(tmp_path):
-    error = plan_error(compose_cfg("method=qlora", "strategy=zero2", "launcher.device=cpu", f"output_dir={tmp_path}"))
+    error = plan_error(compose_cfg("method=qlora", "strategy=zero2", values={"launcher.device": "cpu", "output_dir": str(tmp_path)}))
     assert error.key == "strategy" and "strategies that fit qlora: ddp, fsdp" in str(error)
-    error = plan_error(compose_cfg("train.precision=fp16", "launcher.device=cpu", f"output_dir={tmp_path}"))
+    error = plan_error(compose_cfg(values={"train.precision": "fp16", "launcher.device": "cpu", "output_dir": str(tmp_path)}))
     assert error.key == "train.precision"
 
 
@@ -164,10 +178,10 @@ def test_plan_launch_runs_the_validation_rules(tmp_path):
 
 
 def test_cuda_without_a_gpu_is_refused_for_training_but_plannable(tmp_path, no_gpu):
-    overrides = ["launcher.device=cuda", "launcher.nproc_per_node=8", f"output_dir={tmp_path}"]
-    error = plan_error(compose_cfg(*overrides))
+    values = {"launcher.device": "cuda", "launcher.nproc_per_node": 8, "output_dir": str(tmp_path)}
+    error = plan_error(compose_cfg(values=values))
     assert error.key == "launcher.device" and "no GPU" in str(error)
-    cfg = compose_cfg(*overrides)
+    cfg = compose_cfg(values=values)
     plan = plan_launch(cfg, check_devices=False)
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cuda", 8, 8)
     assert cfg.train.precision == "bf16"
@@ -175,14 +189,14 @@ def test_cuda_without_a_gpu_is_refused_for_training_but_plannable(tmp_path, no_g
 
 
 def test_planning_cuda_without_a_gpu_needs_nproc_per_node(tmp_path, no_gpu):
-    error = plan_error(compose_cfg("launcher.device=cuda", f"output_dir={tmp_path}"), check_devices=False)
+    error = plan_error(compose_cfg(values={"launcher.device": "cuda", "output_dir": str(tmp_path)}), check_devices=False)
     assert error.key == "launcher.nproc_per_node"
 
 
 def test_more_workers_than_visible_gpus_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    cfg = compose_cfg("launcher.device=cuda", "launcher.nproc_per_node=4", f"output_dir={tmp_path}")
+    cfg = compose_cfg(values={"launcher.device": "cuda", "launcher.nproc_per_node": 4, "output_dir": str(tmp_path)})
     error = plan_error(cfg)
     assert error.key == "launcher.nproc_per_node" and "only 2 GPUs" in str(error)
 
@@ -202,26 +216,27 @@ def test_unknown_device_is_refused():
     assert info.value.key == "launcher.device" and "'tpu'" in str(info.value)
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["launcher.nproc_per_node=0"], "launcher.nproc_per_node"),
-    (["launcher.nproc_per_node=-2"], "launcher.nproc_per_node"),
-    (["launcher.cpu_workers=0"], "launcher.cpu_workers"),  # cpu_workers is what set the count
+@pytest.mark.parametrize("values, key", [
+    ({"launcher.nproc_per_node": 0}, "launcher.nproc_per_node"),
+    ({"launcher.nproc_per_node": -2}, "launcher.nproc_per_node"),
+    ({"launcher.cpu_workers": 0}, "launcher.cpu_workers"),  # cpu_workers is what set the count
 ])
-def test_fewer_than_one_worker_is_refused(tmp_path, overrides, key):
-    error = plan_error(compose_cfg("launcher.device=cpu", *overrides, f"output_dir={tmp_path}"))
+def test_fewer_than_one_worker_is_refused(tmp_path, values, key):
+    error = plan_error(compose_cfg(values={"launcher.device": "cpu", "output_dir": str(tmp_path), **values}))
     assert error.key == key and "must be >= 1" in str(error)
 
 
 # --------------------------------------------------------------------------- write_run_config
 
 
-def planned(tmp_path, *overrides):
-    cfg = compose_cfg("launcher.device=cpu", *overrides)
+def planned(*overrides, values: dict):
+    """A config planned for CPU workers, and its launch plan."""
+    cfg = compose_cfg(*overrides, values={"launcher.device": "cpu", **values})
     return cfg, plan_launch(cfg)
 
 
 def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
-    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}/${{model.name}}-${{method.name}}", "train.seq_len=128")
+    cfg, plan = planned(values={"output_dir": f"{tmp_path}/${{model.name}}-${{method.name}}", "train.seq_len": 128})
     write_run_config(cfg, plan)
     path = tmp_path / "tiny-lora" / "config.yaml"
     assert plan.config_path == path and path.is_file()
@@ -245,7 +260,7 @@ def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
 
 
 def test_deepspeed_run_config_reloads_with_the_deepspeed_schema(tmp_path):
-    cfg, plan = planned(tmp_path, "method=full", "strategy=zero3_offload", f"output_dir={tmp_path}")
+    cfg, plan = planned("method=full", "strategy=zero3_offload", values={"output_dir": str(tmp_path)})
     write_run_config(cfg, plan)
     loaded = load_resolved(plan.config_path)
     assert OmegaConf.get_type(loaded.strategy) is DeepSpeedStrategyConfig
@@ -269,7 +284,7 @@ def test_fresh_start_over_an_earlier_run_is_refused_and_touches_nothing(tmp_path
     marker_file = make_marker(tmp_path, marker)
     (tmp_path / "config.yaml").write_text("earlier: run\n")
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}", "resume=none")
+    cfg, plan = planned(values={"output_dir": str(tmp_path), "resume": "none"})
     with pytest.raises(ConfigError) as info:
         write_run_config(cfg, plan)
     assert info.value.key == "output_dir" and "resume=auto" in str(info.value)
@@ -281,7 +296,7 @@ def test_fresh_start_over_an_earlier_run_is_refused_and_touches_nothing(tmp_path
 def test_resume_auto_may_write_over_an_earlier_run(tmp_path, marker):
     marker_file = make_marker(tmp_path, marker)
     content = marker_file.read_bytes()
-    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}", "resume=auto")
+    cfg, plan = planned(values={"output_dir": str(tmp_path), "resume": "auto"})
     write_run_config(cfg, plan)
     assert load_resolved(plan.config_path).resume == "auto"
     assert marker_file.read_bytes() == content
@@ -290,7 +305,7 @@ def test_resume_auto_may_write_over_an_earlier_run(tmp_path, marker):
 def test_a_directory_without_run_outputs_is_fine(tmp_path):
     # Hydra creates output_dir (and launcher.log in it) before the launcher runs.
     (tmp_path / "launcher.log").write_text("")
-    cfg, plan = planned(tmp_path, f"output_dir={tmp_path}")
+    cfg, plan = planned(values={"output_dir": str(tmp_path)})
     write_run_config(cfg, plan)
     assert plan.config_path.is_file()
 
