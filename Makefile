@@ -16,9 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	touch $@
 
-# The embedded default: tiny Llama, bundled instruction data, LoRA on DDP, 2 CPU workers, W&B offline.
+# The embedded default: tiny Llama, bundled instruction data, full fine-tune on ZeRO-2, 2 CPU workers, W&B offline.
 demo: setup
-	WANDB_MODE=offline $(VENV)/bin/shardtune train logger=wandb
+	WANDB_MODE=offline $(VENV)/bin/shardtune train experiment=demo
 
 test: setup
 	$(PYTHON) -m pytest -q

@@ -1,9 +1,10 @@
 """Unit tests of the config schema (shardtune/config.py), the YAML groups (shardtune/conf/) and the
 cross-field rules (shardtune/validation.py).
 
-Configs are composed in-process with Hydra's compose API; the command line is exercised through
-`run_shardtune` only where the user-facing error message is what is being tested. No worker starts:
-every CLI call here is refused while Hydra composes or while the launcher validates.
+Configs are composed in-process with Hydra's compose API, once per distinct override list; the rule tests
+then set field values on the typed nodes (which check types as Hydra's overrides do), since a compose
+costs about 0.1 s. The command line is exercised through `run_shardtune` where the user-facing message is
+what is tested. No worker starts: every `shardtune train` here is refused before torchrun, or is `--cfg job`.
 """
 import copy
 import functools
@@ -11,12 +12,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import run_shardtune
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from conftest import run_shardtune
 from shardtune.config import (
     DataConfig,
     DDPStrategyConfig,
@@ -36,14 +37,14 @@ from shardtune.validation import ConfigError, validate
 STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(overrides: tuple):
     register_configs()
     with initialize_config_module(config_module="shardtune.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def compose_cfg(*overrides: str, values: dict = None):
+def compose_cfg(*overrides: str, values: dict | None = None):
     """The config Hydra composes from `overrides` (composed once per distinct list: a compose costs about
     0.1 s; each call gets its own copy), with `values` ({dotted key: value}) then set on the typed nodes,
     which check types as Hydra's overrides would."""
@@ -386,9 +387,14 @@ def test_validate_leaves_the_config_unchanged():
 
 # --------------------------------------------------------------------------- the command line
 
-# Refused on the command line, naming the key. The first five are refused by Hydra while composing
-# (keys the chosen option's schema lacks, wrong types, unknown options); `+` appends even to a
-# structured node, so validate() must refuse that one before torchrun starts.
+# Each CLI run starts a fresh interpreter. They run in background threads from the start of the module, so
+# that their start-up overlaps the in-process tests above; the tests below read their results. Refused runs
+# also get a resume path that does not exist: resume is validated last, so if the rule under test let the
+# config through, the run still stops before torchrun (and its test fails, the message naming resume instead).
+
+# Refused, naming the key. The first five are refused by Hydra while composing (keys the chosen option's
+# schema lacks, wrong types, unknown options); `+` appends even to a structured node, so validate() must
+# refuse that one before torchrun starts.
 CLI_SCHEMA_ERRORS = {  # case: (overrides, what stderr must name)
     "full-with-rank": (["method=full", "method.rank=8"], "method.rank"),
     "zero3-with-ddp-key": (["method=full", "strategy=zero3", "strategy.bucket_cap_mb=5"], "strategy.bucket_cap_mb"),
@@ -400,27 +406,51 @@ CLI_SCHEMA_ERRORS = {  # case: (overrides, what stderr must name)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cli_schema_errors(tmp_path_factory):
-    """Start the CLI runs in background threads when the module starts, so that the interpreters' start-up
-    overlaps the in-process tests. Each run gets its own output_dir and, as a backstop, a resume path that
-    does not exist: resume is validated last, so if the key under test slipped through, the run still stops
-    before any worker starts (and its test fails, because the message names resume instead)."""
+def cli(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
+    backstop = f"resume={root / 'no-such-checkpoint'}"
+    cases = {case: (overrides + [backstop], None) for case, (overrides, _) in CLI_SCHEMA_ERRORS.items()}
+    cases["cuda-without-gpu"] = (["launcher.device=cuda", backstop], {"CUDA_VISIBLE_DEVICES": ""})
+    cases["cfg-job"] = (["method=qlora", "train.seq_len=128"], None)
     runs = {}
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        for case, (overrides, _) in CLI_SCHEMA_ERRORS.items():
-            output_dir = root / case
-            future = pool.submit(run_shardtune, "train", *overrides, f"output_dir={output_dir}",
-                                 f"resume={root / 'no-such-checkpoint'}", check=False)
-            runs[case] = (future, output_dir)
-        yield runs
+        for case, (overrides, env) in cases.items():
+            flags = ["--cfg", "job"] if case == "cfg-job" else []  # Hydra's flags go after the overrides
+            runs[case] = pool.submit(run_shardtune, "train", *overrides, f"output_dir={root / case}", *flags,
+                                     check=False, env=env)
+
+        class Runs:
+            path = root
+
+            def __getitem__(self, case):
+                return runs[case].result()
+
+        yield Runs()
 
 
 @pytest.mark.parametrize("case", CLI_SCHEMA_ERRORS)
-def test_cli_refuses_schema_errors_naming_the_key(cli_schema_errors, case):
-    future, output_dir = cli_schema_errors[case]
-    result = future.result()
+def test_cli_refuses_schema_errors_naming_the_key(cli, case):
+    result = cli[case]
     assert result.returncode != 0
     assert CLI_SCHEMA_ERRORS[case][1] in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (output_dir / "config.yaml").exists()
+    assert not (cli.path / case / "config.yaml").exists()
+
+
+def test_train_refuses_cuda_without_a_gpu(cli):
+    result = cli["cuda-without-gpu"]
+    assert result.returncode != 0
+    assert "config error: launcher.device: cuda was asked for but no GPU is visible" in result.stderr
+    assert "Traceback" not in result.stderr and "torch.distributed.run" not in result.stdout + result.stderr
+    assert not (cli.path / "cuda-without-gpu" / "config.yaml").exists()
+
+
+def test_train_cfg_job_prints_the_composed_config_and_starts_nothing(cli):
+    result = cli["cfg-job"]
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.method.name == "qlora" and printed.method.bits == 4
+    assert printed.train.seq_len == 128 and printed.strategy.name == "ddp" and printed.model.name == "tiny"
+    assert printed.output_dir == str(cli.path / "cfg-job")
+    assert "torch.distributed.run" not in result.stdout + result.stderr
+    assert not (cli.path / "cfg-job").exists()

@@ -1,8 +1,8 @@
-"""Unit tests of the launcher (shardtune/launcher/torchrun.py) and of `shardtune plan` / `shardtune train --cfg job`.
+"""Unit tests of the launcher (shardtune/launcher/torchrun.py) and of `shardtune plan`.
 
-plan_launch and write_run_config are called in-process on configs composed with Hydra's compose API.
-Nothing here starts torchrun: the CLI runs are `plan`, `train --cfg job`, and `train` invocations that the
-launcher refuses before any worker exists.
+plan_launch and write_run_config are called in-process on configs composed with Hydra's compose API
+(composed once per group selection; field values are then set on the typed nodes). Nothing here starts
+torchrun: the only CLI runs are `shardtune plan`, which stops after printing.
 """
 import copy
 import functools
@@ -14,26 +14,38 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from conftest import run_shardtune
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from conftest import run_shardtune
-from shardtune.config import DeepSpeedStrategyConfig, LoraMethodConfig, TrainConfig, load_resolved, register_configs
-from shardtune.launcher.torchrun import RUN_MARKERS, detect_device, plan_launch, torchrun_command, write_run_config
+from shardtune.config import (
+    DeepSpeedStrategyConfig,
+    LoraMethodConfig,
+    TrainConfig,
+    load_resolved,
+    register_configs,
+)
+from shardtune.launcher.torchrun import (
+    RUN_MARKERS,
+    detect_device,
+    plan_launch,
+    torchrun_command,
+    write_run_config,
+)
 from shardtune.validation import ConfigError
 
 WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(overrides: tuple):
     register_configs()
     with initialize_config_module(config_module="shardtune.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def compose_cfg(*overrides: str, values: dict = None):
+def compose_cfg(*overrides: str, values: dict | None = None):
     """The config Hydra composes from `overrides` (composed once per distinct list; each call gets its own
     copy), with `values` ({dotted key: value}) then set on the typed nodes."""
     cfg = copy.deepcopy(_composed(overrides))
@@ -60,21 +72,13 @@ def plan_error(cfg, check_devices: bool = True) -> ConfigError:
 # Each CLI run starts a fresh interpreter; they run in background threads from the start of the module so
 # that their start-up overlaps the in-process tests, and the tests at the end of the file read their results.
 
-NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
-
-
 def cli_cases(root):
-    """name: (command, overrides, env). Refused `train` runs also get a resume path that does not exist: resume
-    is validated last, so if the rule under test let the config through, the run still stops before torchrun."""
-    backstop = f"resume={root / 'no-such-checkpoint'}"
+    """name: (command, overrides)."""
     return {
         "plan-qlora-fsdp-8gpu": ("plan", ["model=llama3.1-8b", "method=qlora", "strategy=fsdp", "launcher.device=cuda",
-                                          "launcher.nproc_per_node=8", f"output_dir={root / 'plan-qlora'}"], None),
+                                          "launcher.nproc_per_node=8", f"output_dir={root / 'plan-qlora'}"]),
         "plan-full-zero3": ("plan", ["method=full", "strategy=zero3", "launcher.device=cpu",
-                                     f"output_dir={root / 'plan-zero3'}"], None),
-        "train-cuda-without-gpu": ("train", ["launcher.device=cuda", f"output_dir={root / 'cuda'}", backstop], NO_GPU_ENV),
-        "train-cfg-job": ("train", ["method=qlora", "train.seq_len=128", f"output_dir={root / 'cfg-job'}", "--cfg", "job"],
-                          None),
+                                     f"output_dir={root / 'plan-zero3'}"]),
     }
 
 
@@ -83,8 +87,8 @@ def cli(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     runs = {}
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        for name, (command, overrides, env) in cli_cases(root).items():
-            runs[name] = pool.submit(run_shardtune, command, *overrides, check=False, env=env)
+        for name, (command, overrides) in cli_cases(root).items():
+            runs[name] = pool.submit(run_shardtune, command, *overrides, check=False)
 
         class Runs:
             path = root
@@ -352,22 +356,3 @@ def test_plan_for_zero3_prints_the_deepspeed_json(cli):
     assert deepspeed["bf16"]["enabled"] is False and deepspeed["fp16"]["enabled"] is False  # fp32 on CPU
     assert "total" in memory_rows(out)
     assert not (cli.path / "plan-zero3").exists()
-
-
-def test_train_refuses_cuda_without_a_gpu(cli):
-    result = cli["train-cuda-without-gpu"]
-    assert result.returncode != 0
-    assert "config error: launcher.device: cuda was asked for but no GPU is visible" in result.stderr
-    assert "Traceback" not in result.stderr and "torch.distributed.run" not in result.stdout + result.stderr
-    assert not (cli.path / "cuda" / "config.yaml").exists()
-
-
-def test_train_cfg_job_prints_the_config_and_starts_nothing(cli):
-    result = cli["train-cfg-job"]
-    assert result.returncode == 0, result.stderr
-    printed = OmegaConf.create(result.stdout)
-    assert printed.method.name == "qlora" and printed.method.bits == 4
-    assert printed.train.seq_len == 128 and printed.strategy.name == "ddp"
-    assert printed.output_dir == str(cli.path / "cfg-job")
-    assert "torch.distributed.run" not in result.stdout + result.stderr
-    assert not (cli.path / "cfg-job").exists()
