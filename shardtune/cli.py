@@ -6,6 +6,7 @@ plan   print what `train` would run (world size, torchrun command, DeepSpeed JSO
 """
 import json
 import logging
+import shutil
 import sys
 import tempfile
 
@@ -57,9 +58,11 @@ def main() -> None:
     command = sys.argv.pop(1)
     if command not in COMMANDS:
         sys.exit(f"shardtune: unknown command {command!r}\n{USAGE}")
+    scratch = None
     if command == "plan":
         # Hydra creates its run directory before the task runs; plan must leave output_dir untouched.
-        sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='shardtune-plan-')}")
+        scratch = tempfile.mkdtemp(prefix="shardtune-plan-")
+        sys.argv.append(f"hydra.run.dir={scratch}")
     register_configs()
     task = COMMANDS[command]
 
@@ -70,7 +73,11 @@ def main() -> None:
             sys.exit(f"shardtune: config error: {error}")
 
     guarded.__module__ = __name__  # Hydra resolves config_path against the task's module
-    hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)()
+    try:
+        hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)()
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

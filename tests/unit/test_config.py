@@ -66,7 +66,8 @@ def config_error(cfg, device_type: str = "cpu", world_size: int = 2) -> ConfigEr
 def test_the_defaults_compose_to_tiny_lora_ddp_on_the_bundled_data():
     cfg = compose_cfg()
     assert (cfg.model.name, cfg.method.name, cfg.strategy.name) == ("tiny", "lora", "ddp")
-    assert (cfg.data.name, cfg.optim.name, cfg.logger.name, cfg.cluster.name) == ("tiny_instruct", "adamw", "none", "local")
+    groups = (cfg.data.name, cfg.optim.name, cfg.logger.name, cfg.cluster.name)
+    assert groups == ("tiny_instruct", "adamw", "none", "local")
     assert cfg.train.max_steps == 40 and cfg.train.epochs is None and cfg.train.seq_len == 256
     assert cfg.resume == "none"
     assert cfg.output_dir.startswith("runs/tiny-lora-ddp-")
@@ -230,7 +231,8 @@ def test_compose_refuses_unknown_keys_and_wrong_types(overrides, key):
 
 
 def test_schema_check_accepts_appended_keys_inside_free_form_dicts():
-    cfg = compose_cfg("method=full", "strategy=zero3", "+strategy.extra.zero_optimization.stage3_max_live_parameters=1000",
+    cfg = compose_cfg("method=full", "strategy=zero3",
+                      "+strategy.extra.zero_optimization.stage3_max_live_parameters=1000",
                       "+model.architecture.rms_norm_eps=1e-6")
     validate(cfg, "cpu", 2)
     assert cfg.strategy.extra.zero_optimization.stage3_max_live_parameters == 1000
@@ -298,7 +300,8 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("overrides, values, key, fragment", REFUSED, ids=[f"{case[2]}-{i}" for i, case in enumerate(REFUSED)])
+@pytest.mark.parametrize("overrides, values, key, fragment", REFUSED,
+                         ids=[f"{case[2]}-{i}" for i, case in enumerate(REFUSED)])
 def test_validate_refuses_naming_the_key(overrides, values, key, fragment):
     error = config_error(compose_cfg(*overrides, values=values))
     assert error.key == key

@@ -129,15 +129,16 @@ def test_single_node_command_is_standalone_and_ends_with_the_worker(tmp_path, mo
     assert plan.command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in plan.command
     assert "--standalone" in plan.command
-    assert not any(arg.startswith(("--nnodes", "--node-rank", "--master-addr", "--master-port")) for arg in plan.command)
+    rendezvous_flags = ("--nnodes", "--node-rank", "--master-addr", "--master-port")
+    assert not any(arg.startswith(rendezvous_flags) for arg in plan.command)
     assert plan.command[-3:] == WORKER_TAIL + [str(config_path)]
     assert plan.command_line().endswith(f"-m shardtune.trainer.worker {config_path}")
 
 
 def test_multi_node_command_names_the_rendezvous(tmp_path):
     cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.nproc_per_node": 2, "launcher.nnodes": 3,
-                              "launcher.node_rank": 1, "launcher.master_addr": "10.0.0.7", "launcher.master_port": 29611,
-                              "output_dir": str(tmp_path)})
+                              "launcher.node_rank": 1, "launcher.master_addr": "10.0.0.7",
+                              "launcher.master_port": 29611, "output_dir": str(tmp_path)})
     plan = plan_launch(cfg)
     assert plan.world_size == 6
     assert "--standalone" not in plan.command
@@ -172,9 +173,10 @@ def test_global_batch_size_counts_every_node(tmp_path):
 
 
 def test_plan_launch_runs_the_validation_rules(tmp_path):
-    error = plan_error(compose_cfg("method=qlora", "strategy=zero2", values={"launcher.device": "cpu", "output_dir": str(tmp_path)}))
+    on_cpu = {"launcher.device": "cpu", "output_dir": str(tmp_path)}
+    error = plan_error(compose_cfg("method=qlora", "strategy=zero2", values=on_cpu))
     assert error.key == "strategy" and "strategies that fit qlora: ddp, fsdp" in str(error)
-    error = plan_error(compose_cfg(values={"train.precision": "fp16", "launcher.device": "cpu", "output_dir": str(tmp_path)}))
+    error = plan_error(compose_cfg(values={**on_cpu, "train.precision": "fp16"}))
     assert error.key == "train.precision"
 
 
@@ -193,7 +195,8 @@ def test_cuda_without_a_gpu_is_refused_for_training_but_plannable(tmp_path, no_g
 
 
 def test_planning_cuda_without_a_gpu_needs_nproc_per_node(tmp_path, no_gpu):
-    error = plan_error(compose_cfg(values={"launcher.device": "cuda", "output_dir": str(tmp_path)}), check_devices=False)
+    cfg = compose_cfg(values={"launcher.device": "cuda", "output_dir": str(tmp_path)})
+    error = plan_error(cfg, check_devices=False)
     assert error.key == "launcher.nproc_per_node"
 
 
