@@ -11,8 +11,10 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -73,18 +75,34 @@ class Strategy:
     def _state_options(self, **kw) -> StateDictOptions:
         return StateDictOptions(ignore_frozen_params=self.trainable_only, **kw)
 
+    def _trainable_parameters(self) -> dict:
+        # Built by hand for LoRA: torch's get_model_state_dict walks every state-dict key, and
+        # bitsandbytes' 8-bit layers add keys (SCB, weight_format) that are not module attributes.
+        return {name: p for name, p in self.module.named_parameters() if p.requires_grad}
+
+    def _model_state(self) -> dict:
+        if self.trainable_only:
+            return self._trainable_parameters()  # the adapters; the frozen base is reloaded from its source
+        return get_model_state_dict(self.model, options=self._state_options())
+
     def save(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._state_options())
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory / "state"))
+        state = {"model": self._model_state(),
+                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
+        dcp.save(state, checkpoint_id=str(directory / "state"))
 
     def load(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._state_options())
-        state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, checkpoint_id=str(directory / "state"))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"], options=self._state_options(strict=False))
+        state = {"model": self._model_state(),
+                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
+        dcp.load(state, checkpoint_id=str(directory / "state"))  # in place into the tensors above
+        if not self.trainable_only:
+            set_model_state_dict(self.model, state["model"], options=self._state_options())
+        set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=self._state_options())
 
     def gather_state_dict(self) -> Optional[dict]:
-        """The whole model's weights on rank 0 (None elsewhere), for the final export. Collective."""
-        state = get_model_state_dict(self.model, options=self._state_options(full_state_dict=True, cpu_offload=True))
+        """The weights to export on rank 0 (None elsewhere): all of them, or the adapters. Collective."""
+        if self.trainable_only:
+            state = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
+                     for name, p in self._trainable_parameters().items()}
+        else:
+            state = get_model_state_dict(self.model, options=self._state_options(full_state_dict=True, cpu_offload=True))
         return state if dist.get_rank() == 0 else None
