@@ -4,6 +4,7 @@ Lifecycle: set up (process group, data, model, strategy, resume) -> train (accum
 evaluate, checkpoint) -> finish (final evaluation, export to final/, summary) -> close, on success and
 on error alike.
 """
+import gc
 import logging
 import math
 import os
@@ -154,7 +155,7 @@ class Trainer:
                 self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
                 self.metrics.log(self.step, {"loss": self.last_train_loss, "lr": lr,
                                              "grad_norm": grad_norm, **self.throughput.rates(),
-                                             **memory_stats(self.device)})
+                                             **self.peak_memory()})
                 loss_sum.zero_()
                 label_tokens_since_log = 0
             if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < self.total_steps:
@@ -189,6 +190,14 @@ class Trainer:
         return checkpoint.save_checkpoint(self.strategy, self.cfg.output_dir, self.step, state,
                                           self.cfg.train.keep_checkpoints)
 
+    def peak_memory(self) -> dict:
+        """Memory statistics of the rank that uses the most (ranks can differ: uneven shards, rank 0's
+        extra work). Collective."""
+        stats = memory_stats(self.device)
+        values = torch.tensor(list(stats.values()), device=self.device, dtype=torch.float64)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return dict(zip(stats, values.tolist()))
+
     # -- the end -----------------------------------------------------------------------------
     def finish(self) -> None:
         results = self.evaluate()
@@ -201,7 +210,7 @@ class Trainer:
             "val perplexity": results.get("val/ppl"),
             "tokens/s": rates.get("tokens_per_second"),
             "MFU": rates.get("mfu"),
-            **memory_stats(self.device),
+            **self.peak_memory(),
             "wall_time_s": time.time() - self.started,
             "saved to": str(final_dir) if final_dir else "not saved (train.save_final=false)",
         })
@@ -223,5 +232,9 @@ class Trainer:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        # Free the wrapped model before the process group: DDP's reducer holds the group, and a gloo group
+        # destroyed from the reducer's destructor at interpreter exit can deadlock its own worker threads.
+        self.strategy = None
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -6,14 +6,11 @@ then set field values on the typed nodes (which check types as Hydra's overrides
 costs about 0.1 s. The command line is exercised through `run_shardtune` where the user-facing message is
 what is tested. No worker starts: every `shardtune train` here is refused before torchrun, or is `--cfg job`.
 """
-import copy
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import run_shardtune
-from hydra import compose, initialize_config_module
+from conftest import compose_cfg, run_shardtune
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -30,28 +27,11 @@ from shardtune.config import (
     QLoraMethodConfig,
     TrainConfig,
     asset_path,
-    register_configs,
 )
 from shardtune.validation import ConfigError, validate
 
 STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
 
-
-@functools.cache
-def _composed(overrides: tuple):
-    register_configs()
-    with initialize_config_module(config_module="shardtune.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def compose_cfg(*overrides: str, values: dict | None = None):
-    """The config Hydra composes from `overrides` (composed once per distinct list: a compose costs about
-    0.1 s; each call gets its own copy), with `values` ({dotted key: value}) then set on the typed nodes,
-    which check types as Hydra's overrides would."""
-    cfg = copy.deepcopy(_composed(overrides))
-    for key, value in (values or {}).items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
 
 
 def config_error(cfg, device_type: str = "cpu", world_size: int = 2) -> ConfigError:

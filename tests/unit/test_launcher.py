@@ -4,8 +4,6 @@ plan_launch and write_run_config are called in-process on configs composed with 
 (composed once per group selection; field values are then set on the typed nodes). Nothing here starts
 torchrun: the only CLI runs are `shardtune plan`, which stops after printing.
 """
-import copy
-import functools
 import json
 import os
 import re
@@ -14,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import run_shardtune
-from hydra import compose, initialize_config_module
+from conftest import compose_cfg, run_shardtune
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
@@ -24,7 +21,6 @@ from shardtune.config import (
     LoraMethodConfig,
     TrainConfig,
     load_resolved,
-    register_configs,
 )
 from shardtune.launcher.torchrun import (
     RUN_MARKERS,
@@ -37,21 +33,6 @@ from shardtune.validation import ConfigError
 
 WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
 
-
-@functools.cache
-def _composed(overrides: tuple):
-    register_configs()
-    with initialize_config_module(config_module="shardtune.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def compose_cfg(*overrides: str, values: dict | None = None):
-    """The config Hydra composes from `overrides` (composed once per distinct list; each call gets its own
-    copy), with `values` ({dotted key: value}) then set on the typed nodes."""
-    cfg = copy.deepcopy(_composed(overrides))
-    for key, value in (values or {}).items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
 
 
 @pytest.fixture

@@ -93,11 +93,12 @@ class DeepSpeedStrategy(Strategy):
         return float(grad_norm) if grad_norm is not None else float("nan")
 
     def save(self, directory: Path):
-        self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, exclude_frozen_parameters=self.trainable_only)
+        self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG)
 
     def load(self, directory: Path):
+        # The scheduler's state comes from trainer_state.json, as for every strategy.
         path, _ = self.model.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True, load_module_strict=not self.trainable_only)
+                                             load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"resume: no DeepSpeed checkpoint in {directory}")
 
