@@ -5,7 +5,6 @@ A randomly initialised model (model.init=random) is written once into the run di
 loaded like any pretrained one: every rank and every strategy starts from the same weights, quantization
 works the same way, and a resumed run finds its frozen base again.
 """
-import logging
 import os
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-log = logging.getLogger(__name__)
+from .checkpoint import COMPLETE_MARKER
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 RANDOM_INIT_DIR = "random-init"
-COMPLETE_MARKER = "COMPLETE"
 
 
 def build_tokenizer(model_cfg):
