@@ -125,6 +125,10 @@ class DataConfig:
     """Share of rows held out for validation; the split is deterministic for a given seed."""
     mask_prompt: bool = True
     """Train only on the response: prompt tokens get label -100."""
+    drop_duplicates: bool = True
+    """Drop exact repeats of an earlier row (they would leak between the splits)."""
+    too_long: str = "truncate"
+    """Rows longer than train.seq_len: truncate (keep the start) or drop."""
 
 
 @dataclass

@@ -70,6 +70,8 @@ def _validate_schema(cfg) -> None:
 def _validate_data(data) -> None:
     if data.format not in ("alpaca", "random_tokens"):
         raise ConfigError("data.format", f"expected alpaca or random_tokens, got {data.format!r}")
+    if data.too_long not in ("truncate", "drop"):
+        raise ConfigError("data.too_long", f"expected truncate or drop, got {data.too_long!r}")
     if data.format == "random_tokens" and data.num_rows < 1:
         raise ConfigError("data.num_rows", "random_tokens needs num_rows >= 1")
     if data.format == "alpaca" and (not data.path or not Path(data.path).is_file()):

@@ -90,11 +90,17 @@ def format_prompt(instruction: str, input_text: str) -> str:
     return template.format(instruction=instruction, input=input_text)
 
 
-def tokenize_rows(ds: Dataset, tokenizer, seq_len: int, mask_prompt: bool) -> Dataset:
+def tokenize_rows(ds: Dataset, tokenizer, seq_len: int, mask_prompt: bool, too_long: str = "truncate") -> Dataset:
     """Turn rows into `input_ids` (prompt, response, EOS) and `labels`, both lists of ints of at most
     `seq_len` tokens. With `mask_prompt`, prompt tokens get label -100 so only the response (and the
-    EOS, which teaches the model to stop) carries loss.
+    EOS, which teaches the model to stop) carries loss. Rows longer than `seq_len` are truncated
+    (too_long="truncate") or left out (too_long="drop"); a boolean column `truncated` marks the former.
     """
+    if too_long not in ("truncate", "drop"):
+        raise ValueError(f"data.too_long: expected truncate or drop, got {too_long!r}")
+    empty = Dataset.from_dict({"input_ids": [], "labels": [], "truncated": []})
+    if len(ds) == 0:  # an empty split (val_fraction=0): map would return it without the new columns
+        return empty
     eos_token_id = tokenizer.eos_token_id
     if eos_token_id is None:
         raise ValueError("model.tokenizer has no eos_token; the data pipeline ends every example with it")
@@ -105,16 +111,22 @@ def tokenize_rows(ds: Dataset, tokenizer, seq_len: int, mask_prompt: bool) -> Da
         # the data code adds EOS itself, so the tokenizer must add nothing.
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
-        input_ids, labels = [], []
+        input_ids, labels, truncated = [], [], []
         for prompt, response in zip(prompt_ids, response_ids):
             response = response + [eos_token_id]
+            too_long_row = len(prompt) + len(response) > seq_len
+            if too_long_row and too_long == "drop":
+                continue  # a batched map may return fewer rows than it was given
             prompt_labels = [IGNORE_INDEX] * len(prompt) if mask_prompt else prompt
             # Truncation keeps the start: the prompt must survive for the response to mean anything.
             input_ids.append((prompt + response)[:seq_len])
             labels.append((prompt_labels + response)[:seq_len])
-        return {"input_ids": input_ids, "labels": labels}
+            truncated.append(too_long_row)
+        return {"input_ids": input_ids, "labels": labels, "truncated": truncated}
 
     tokenized = ds.map(tokenize_batch, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+    if len(tokenized) == 0:  # every row was too long and dropped
+        return empty
     num_without_labels = sum(all(label == IGNORE_INDEX for label in row) for row in tokenized["labels"])
     if num_without_labels:
         logger.warning(

@@ -92,7 +92,9 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        train_rows, val_rows = tokenized_splits(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
+        train_rows, val_rows, report = tokenized_splits(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
+        if self.rank == 0:
+            log.info("data: %s", ", ".join(f"{key} {value}" for key, value in report.items()))
         collator = Collator(self.tokenizer.pad_token_id)
 
         def batches(rows, shuffle):

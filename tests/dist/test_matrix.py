@@ -90,7 +90,7 @@ def reloaded_val_loss(run_dir) -> float:
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     model.eval()
-    _, val_rows = tokenized_splits(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
+    _, val_rows, _ = tokenized_splits(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
     loss_sum, tokens = 0.0, 0
     with torch.no_grad():
         for rank in range(2):

@@ -129,7 +129,8 @@ ROWS = Dataset.from_list([
 
 def test_masked_labels_cover_exactly_the_response_and_eos(tokenizer):
     tokenized = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)
-    assert tokenized.column_names == ["input_ids", "labels"]
+    assert tokenized.column_names == ["input_ids", "labels", "truncated"]
+    assert not any(tokenized["truncated"])
     for row, example in zip(ROWS, tokenized):
         prompt = format_prompt(row["instruction"], row["input"])
         expected_ids = list(prompt.encode()) + list(row["output"].encode()) + [tokenizer.eos_token_id]

@@ -1,0 +1,66 @@
+"""Cleaning rules and their counts, from a JSONL file to tokenized splits."""
+import json
+
+import pytest
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from shardtune.config import DataConfig, asset_path
+from shardtune.data import tokenized_splits
+
+ROWS = [
+    {"instruction": "Reverse.", "input": "abc", "output": "cba"},
+    {"instruction": "  ", "input": "", "output": "x"},             # empty instruction
+    {"instruction": "Reverse.", "input": "abc", "output": "cba"},  # repeat of row 1
+    {"instruction": "Upper.", "input": "ab", "output": "\n\t"},    # whitespace-only output
+    {"instruction": "Reverse.", "input": "xyz", "output": "zyx"},
+    {"instruction": "Tell a long story.", "input": "", "output": "once upon a time " * 20},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
+
+
+def data_cfg(tmp_path, rows, **fields):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return OmegaConf.structured(DataConfig(name="test", path=str(path), val_fraction=0.0, **fields))
+
+
+def test_counts_of_each_rule_and_what_is_kept(tmp_path, tokenizer):
+    train, val, report = tokenized_splits(data_cfg(tmp_path, ROWS), tokenizer, seq_len=64, seed=0)
+    assert report["rows_read"] == 6 and report["dropped_empty"] == 2 and report["dropped_duplicates"] == 1
+    assert report["train_truncated"] == 1 and report["train_dropped_too_long"] == 0
+    assert report["train_rows"] == len(train) == 3 and len(val) == 0
+    assert max(len(row) for row in train["input_ids"]) == 64
+    assert "truncated" not in train.column_names
+
+
+def test_drop_too_long_and_keep_duplicates(tmp_path, tokenizer):
+    cfg = data_cfg(tmp_path, ROWS, too_long="drop", drop_duplicates=False)
+    train, _, report = tokenized_splits(cfg, tokenizer, seq_len=64, seed=0)
+    assert "dropped_duplicates" not in report  # the rule is off
+    assert report["train_dropped_too_long"] == 1 and report["train_truncated"] == 0
+    assert len(train) == 3  # rows 1, 3 (the repeat) and 5
+    assert all(len(row) <= 64 for row in train["input_ids"])
+
+
+def test_nothing_left_after_cleaning_names_the_file(tmp_path, tokenizer):
+    cfg = data_cfg(tmp_path, [{"instruction": " ", "output": "x"}, {"instruction": "a", "output": ""}])
+    with pytest.raises(ValueError, match=r"data.path: no rows of .*rows.jsonl are left after cleaning"):
+        tokenized_splits(cfg, tokenizer, seq_len=64, seed=0)
+
+
+def test_no_row_fits_with_drop_names_seq_len(tmp_path, tokenizer):
+    cfg = data_cfg(tmp_path, ROWS[-1:], too_long="drop")
+    with pytest.raises(ValueError, match=r"train.seq_len=16 with data.too_long=drop"):
+        tokenized_splits(cfg, tokenizer, seq_len=16, seed=0)
+
+
+def test_bundled_data_is_clean(tokenizer):
+    cfg = OmegaConf.structured(DataConfig(name="tiny", path=asset_path("data/tiny_instruct.jsonl")))
+    _, _, report = tokenized_splits(cfg, tokenizer, seq_len=256, seed=42)
+    assert report["rows_read"] == 2000 and report["dropped_empty"] == 0 and report["dropped_duplicates"] == 0
+    assert report["train_rows"] + report["validation_rows"] == 2000 and report["validation_rows"] == 200
