@@ -121,6 +121,8 @@ class DataConfig:
     """Instruction JSONL file: one {"instruction", "input", "output"} object per line."""
     num_rows: int = 0
     """Rows to generate (random_tokens only)."""
+    columns: Dict[str, str] = field(default_factory=dict)
+    """The file's own names for instruction / input / output, e.g. {instruction: question, output: answer}."""
     val_fraction: float = 0.1
     """Share of rows held out for validation; the split is deterministic for a given seed."""
     mask_prompt: bool = True

@@ -70,6 +70,9 @@ def _validate_schema(cfg) -> None:
 def _validate_data(data) -> None:
     if data.format not in ("alpaca", "random_tokens"):
         raise ConfigError("data.format", f"expected alpaca or random_tokens, got {data.format!r}")
+    unknown = set(data.columns) - {"instruction", "input", "output"}
+    if unknown:
+        raise ConfigError("data.columns", f"maps only instruction, input and output; got {sorted(unknown)}")
     if data.too_long not in ("truncate", "drop"):
         raise ConfigError("data.too_long", f"expected truncate or drop, got {data.too_long!r}")
     if data.format == "random_tokens" and data.num_rows < 1:

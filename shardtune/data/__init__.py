@@ -11,7 +11,7 @@ def tokenized_splits(data_cfg, tokenizer, seq_len: int, seed: int):
         rows = random_token_rows(data_cfg.num_rows, seq_len, len(tokenizer), seed)
         train, val = split_rows(rows, data_cfg.val_fraction, seed)
         return train, val, {"train_rows": len(train), "validation_rows": len(val)}
-    rows, report = clean_rows(load_rows(data_cfg.path), data_cfg.drop_duplicates)
+    rows, report = clean_rows(load_rows(data_cfg.path, data_cfg.columns), data_cfg.drop_duplicates)
     if len(rows) == 0:
         raise ValueError(f"data.path: no rows of {data_cfg.path} are left after cleaning ({report})")
     splits = []

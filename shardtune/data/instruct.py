@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from datasets import Dataset
@@ -28,9 +28,13 @@ PROMPT_TEMPLATE = "Instruction: {instruction}\nInput: {input}\nResponse:\n"
 PROMPT_TEMPLATE_NO_INPUT = "Instruction: {instruction}\nResponse:\n"
 
 
-def load_rows(path) -> Dataset:
+FIELDS = ("instruction", "input", "output")
+
+
+def load_rows(path, columns: Mapping[str, str] = None) -> Dataset:
     """Read an instruction JSONL file: one object per line with string `instruction` and `output`, and
     optionally a string `input` (default ""). Blank lines are skipped; other keys are dropped.
+    `columns` names the file's own fields for these, e.g. {"instruction": "question", "output": "answer"}.
 
     Every line is checked first, so a bad file fails here with its name and line number rather than
     deep inside tokenization.
@@ -38,17 +42,17 @@ def load_rows(path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data.path: {path} does not exist or is not a file")
-    rows = []
+    rows, columns = [], dict(columns or {})
     with path.open("rb") as f:
         for line_number, raw_line in enumerate(f, start=1):
             if raw_line.strip():
-                rows.append(_parse_row(raw_line, f"{path}:{line_number}"))
+                rows.append(_parse_row(raw_line, f"{path}:{line_number}", columns))
     if not rows:
         raise ValueError(f"data.path: {path} is empty (no rows)")
     return Dataset.from_list(rows)
 
 
-def _parse_row(raw_line: bytes, where: str) -> Dict[str, str]:
+def _parse_row(raw_line: bytes, where: str, columns: Dict[str, str]) -> Dict[str, str]:
     try:
         row = json.loads(raw_line.decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -57,14 +61,19 @@ def _parse_row(raw_line: bytes, where: str) -> Dict[str, str]:
         raise ValueError(f"{where}: not valid JSON ({error})") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in ("instruction", "output"):
-        if key not in row:
-            raise ValueError(f"{where}: missing required field '{key}'")
-    row.setdefault("input", "")
-    for key in ("instruction", "input", "output"):
-        if not isinstance(row[key], str):
-            raise ValueError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
-    return {"instruction": row["instruction"], "input": row["input"], "output": row["output"]}
+    parsed = {}
+    for field in FIELDS:
+        source = columns.get(field, field)
+        mapped = f" (data.columns.{field})" if field in columns else ""
+        if source not in row:
+            if field == "input":
+                parsed[field] = ""
+                continue
+            raise ValueError(f"{where}: missing required field '{source}'{mapped}")
+        if not isinstance(row[source], str):
+            raise ValueError(f"{where}: field '{source}'{mapped} must be a string, got {type(row[source]).__name__}")
+        parsed[field] = row[source]
+    return parsed
 
 
 def split_rows(ds: Dataset, val_fraction: float, seed: int) -> Tuple[Dataset, Dataset]:

@@ -64,3 +64,29 @@ def test_bundled_data_is_clean(tokenizer):
     _, _, report = tokenized_splits(cfg, tokenizer, seq_len=256, seed=42)
     assert report["rows_read"] == 2000 and report["dropped_empty"] == 0 and report["dropped_duplicates"] == 0
     assert report["train_rows"] + report["validation_rows"] == 2000 and report["validation_rows"] == 200
+
+
+def test_column_mapping_reads_other_field_names(tmp_path, tokenizer):
+    rows = [{"question": "Add.", "context": "2+2", "answer": "4"}, {"question": "Add.", "answer": "7"}]
+    cfg = data_cfg(tmp_path, rows, columns={"instruction": "question", "input": "context", "output": "answer"})
+    train, _, report = tokenized_splits(cfg, tokenizer, seq_len=64, seed=0)
+    assert report["train_rows"] == 2
+    texts = sorted(tokenizer.decode(ids) for ids in train["input_ids"])
+    assert "Instruction: Add.\nInput: 2+2\nResponse:\n4</s>" in texts
+    assert "Instruction: Add.\nResponse:\n7</s>" in texts  # no context: the template without input
+
+
+def test_a_missing_mapped_field_names_the_file_line_and_key(tmp_path):
+    from shardtune.data import load_rows
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "Add.", "answer": "4"}\n{"question": "Add."}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: missing required field 'answer' \(data.columns.output\)"):
+        load_rows(path, {"instruction": "question", "output": "answer"})
+
+
+def test_columns_map_only_the_three_fields():
+    from conftest import compose_cfg
+    from shardtune.validation import ConfigError, validate
+    cfg = compose_cfg(values={"data.columns": {"prompt": "question"}})
+    with pytest.raises(ConfigError, match=r"data.columns: maps only instruction, input and output; got \['prompt'\]"):
+        validate(cfg, "cpu", 2)
