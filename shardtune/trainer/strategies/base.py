@@ -85,15 +85,16 @@ class Strategy:
             return self._trainable_parameters()  # the adapters; the frozen base is reloaded from its source
         return get_model_state_dict(self.model, options=self._state_options())
 
+    def _checkpoint_state(self) -> dict:
+        return {"model": self._model_state(),
+                "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
+
     def save(self, directory: Path) -> None:
-        state = {"model": self._model_state(),
-                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
-        dcp.save(state, checkpoint_id=str(directory / "state"))
+        dcp.save(self._checkpoint_state(), checkpoint_id=str(directory / "state"))
 
     def load(self, directory: Path) -> None:
-        state = {"model": self._model_state(),
-                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
-        dcp.load(state, checkpoint_id=str(directory / "state"))  # in place into the tensors above
+        state = self._checkpoint_state()
+        dcp.load(state, checkpoint_id=str(directory / "state"))  # in place into the tensors of `state`
         if not self.trainable_only:
             set_model_state_dict(self.model, state["model"], options=self._state_options())
         set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=self._state_options())
