@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 
 from datasets import Dataset
 
-TEXT_FIELDS = ("instruction", "input", "output")
+from .instruct import FIELDS
 
 
 def clean_rows(ds: Dataset, drop_duplicates: bool) -> Tuple[Dataset, Dict[str, int]]:
@@ -20,7 +20,7 @@ def clean_rows(ds: Dataset, drop_duplicates: bool) -> Tuple[Dataset, Dict[str, i
         seen = set()
 
         def first_copy(row) -> bool:
-            key = tuple(row[field] for field in TEXT_FIELDS)
+            key = tuple(row[field] for field in FIELDS)
             is_new = key not in seen
             seen.add(key)
             return is_new
