@@ -3,6 +3,8 @@
 train  validate the composed config, write the run directory, start torchrun workers
 plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
        plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N
+data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
+data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
 """
 import json
 import logging
@@ -14,15 +16,29 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import register_configs
+from .data.errors import DataError
 from .validation import ConfigError
 
 log = logging.getLogger("shardtune")
 USAGE = __doc__
 
 
+def prepare_data(cfg: DictConfig, rebuild: bool = False):
+    """Tokenize (or find in the cache) the run's data in this process, so bad data fails before workers start."""
+    from .data import prepare
+    from .trainer.model import build_tokenizer
+    tokenizer = build_tokenizer(cfg.model)
+    prepared, path, reused = prepare(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed, rebuild=rebuild)
+    log.info("data %s %s: %s", "reused from" if reused else "prepared in", path,
+             ", ".join(f"{key} {value}" for key, value in prepared.report.items()))
+    return prepared, tokenizer
+
+
 def train(cfg: DictConfig) -> None:
-    from .launcher.torchrun import plan_launch, run_torchrun, write_run_config
+    from .launcher.torchrun import plan_launch, refuse_existing_run, run_torchrun, write_run_config
     plan = plan_launch(cfg)
+    refuse_existing_run(cfg, plan.config_path.parent)  # before the data work, which may take a while
+    prepare_data(cfg)
     write_run_config(cfg, plan)
     log.info("run directory %s; %d workers (%s): %s", plan.config_path.parent, plan.world_size, plan.device_type,
              plan.command_line())
@@ -48,7 +64,38 @@ def plan(cfg: DictConfig) -> None:
     print(estimate_memory(cfg, launch.world_size).format())
 
 
-COMMANDS = {"train": train, "plan": plan}
+def data_prepare(cfg: DictConfig) -> None:
+    from .validation import validate
+    validate(cfg, "cpu", 1)
+    prepare_data(cfg, rebuild="--rebuild" in FLAGS)
+
+
+def data_preview(cfg: DictConfig) -> None:
+    from .data.preview import format_preview
+    from .validation import validate
+    validate(cfg, "cpu", 1)
+    prepared, tokenizer = prepare_data(cfg)
+    split = FLAGS.get("--split", "train")
+    if split not in ("train", "validation", "test"):
+        sys.exit(f"shardtune: --split must be train, validation or test, got {split!r}")
+    print(format_preview(prepared, tokenizer, split, int(FLAGS.get("--examples", 3))))
+
+
+COMMANDS = {"train": train, "plan": plan, "data prepare": data_prepare, "data preview": data_preview}
+# Commands that only read: Hydra must not create a run directory for them.
+READ_ONLY = ("plan", "data prepare", "data preview")
+FLAGS = {}  # --name [value] options of the data commands, taken off argv before Hydra parses it
+
+
+def take_flags(argv: list, names: dict) -> dict:
+    """Remove `--name value` (or `--name` for switches, names[name] False) from argv; return them."""
+    found = {}
+    for name, takes_value in names.items():
+        if name in argv:
+            index = argv.index(name)
+            found[name] = argv.pop(index + 1) if takes_value and index + 1 < len(argv) else True
+            argv.pop(index)
+    return found
 
 
 def main() -> None:
@@ -56,14 +103,19 @@ def main() -> None:
         print(USAGE)
         return
     command = sys.argv.pop(1)
+    if command == "data" and len(sys.argv) > 1:
+        command = f"data {sys.argv.pop(1)}"
+        FLAGS.update(take_flags(sys.argv, {"--rebuild": False, "--split": True, "--examples": True}))
     if command not in COMMANDS:
         sys.exit(f"shardtune: unknown command {command!r}\n{USAGE}")
     scratch = None
-    if command == "plan":
+    if command in READ_ONLY:
         # Hydra creates its run directory before the task runs; plan must leave output_dir untouched.
         scratch = tempfile.mkdtemp(prefix="shardtune-plan-")
         sys.argv.append(f"hydra.run.dir={scratch}")
     register_configs()
+    from .trainer.worker import quiet_libraries
+    quiet_libraries()
     task = COMMANDS[command]
 
     def guarded(cfg: DictConfig) -> None:
@@ -71,6 +123,8 @@ def main() -> None:
             task(cfg)
         except ConfigError as error:
             sys.exit(f"shardtune: config error: {error}")
+        except DataError as error:
+            sys.exit(f"shardtune: data error: {error}")
 
     guarded.__module__ = __name__  # Hydra resolves config_path against the task's module
     try:

@@ -113,24 +113,66 @@ class DeepSpeedStrategyConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One dataset: a local file, a directory of files, or a hub dataset name."""
+    path: str = MISSING
+    """A .jsonl/.json/.parquet/.csv file, a directory of them (files named train*/validation*/test* are
+    the dataset's own splits), or a hub dataset name."""
+    format: Optional[str] = None
+    """alpaca, chat or completion; null = data.format."""
+    columns: Optional[Dict[str, str]] = None
+    """The source's own field names, e.g. {instruction: question, output: answer} or {messages: conversations};
+    null = data.columns."""
+    subset: Optional[str] = None
+    """Hub dataset configuration name."""
+    split: Optional[str] = None
+    """Split to read, e.g. train or train[:10%]; null = all of the dataset's splits (train/validation/test)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit)."""
+    weight: float = 1.0
+    """How often each training row of this source is used: 2.0 repeats every row, 0.5 samples half of them."""
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     format: str = "alpaca"
-    """alpaca: instruction JSONL at `path`. random_tokens: `num_rows` random sequences of train.seq_len."""
+    """alpaca (instruction / input / output), chat (a `messages` list of role/content), completion (plain
+    `text`), or random_tokens (`num_rows` random sequences of train.seq_len, for benchmarks)."""
     path: Optional[str] = None
-    """Instruction JSONL file: one {"instruction", "input", "output"} object per line."""
+    """The dataset (see DataSourceConfig.path). Give this or `mix`."""
+    subset: Optional[str] = None
+    split: Optional[str] = None
+    revision: Optional[str] = None
+    columns: Dict[str, str] = field(default_factory=dict)
+    """The dataset's own names for the format's fields: instruction/input/output, messages (and role/content
+    inside messages), or text."""
+    mix: List[DataSourceConfig] = field(default_factory=list)
+    """Several datasets mixed with weights, instead of `path`."""
     num_rows: int = 0
     """Rows to generate (random_tokens only)."""
-    columns: Dict[str, str] = field(default_factory=dict)
-    """The file's own names for instruction / input / output, e.g. {instruction: question, output: answer}."""
     val_fraction: float = 0.1
-    """Share of rows held out for validation; the split is deterministic for a given seed."""
+    """Share of rows held out for validation when the dataset has no validation split of its own."""
+    test_fraction: float = 0.0
+    """Share of rows held out for testing (`shardtune eval`) when the dataset has no test split of its own."""
+    use_dataset_splits: bool = True
+    """Use the dataset's own validation/test splits where it has them; false carves them from its rows."""
     mask_prompt: bool = True
-    """Train only on the response: prompt tokens get label -100."""
+    """Train only on responses: prompt, system and user tokens get label -100."""
+    chat_template: Optional[str] = None
+    """Jinja chat template for format=chat; null = the tokenizer's, else a simple built-in one."""
     drop_duplicates: bool = True
     """Drop exact repeats of an earlier row (they would leak between the splits)."""
     too_long: str = "truncate"
     """Rows longer than train.seq_len: truncate (keep the start) or drop."""
+    packing: bool = False
+    """Pack several examples into each training sequence of train.seq_len; attention stays within each
+    example (position ids restart per example)."""
+    cache_dir: Optional[str] = None
+    """Where tokenized data is cached; null = $SHARDTUNE_DATA_CACHE or ~/.cache/shardtune/data. Use a shared
+    filesystem on clusters."""
+    num_proc: int = 1
+    """Processes for tokenization."""
 
 
 @dataclass

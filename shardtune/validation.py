@@ -41,8 +41,6 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_train(cfg.train, device_type, world_size)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.logger.name not in ("none", "wandb"):
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
@@ -68,17 +66,41 @@ def _validate_schema(cfg) -> None:
 
 
 def _validate_data(data) -> None:
-    if data.format not in ("alpaca", "random_tokens"):
-        raise ConfigError("data.format", f"expected alpaca or random_tokens, got {data.format!r}")
-    unknown = set(data.columns) - {"instruction", "input", "output"}
-    if unknown:
-        raise ConfigError("data.columns", f"maps only instruction, input and output; got {sorted(unknown)}")
+    from .data.formats import FORMATS
+    from .data.sources import looks_local
+    formats = (*FORMATS, "random_tokens")
+    if data.format not in formats:
+        raise ConfigError("data.format", f"expected one of {', '.join(formats)}, got {data.format!r}")
     if data.too_long not in ("truncate", "drop"):
         raise ConfigError("data.too_long", f"expected truncate or drop, got {data.too_long!r}")
-    if data.format == "random_tokens" and data.num_rows < 1:
-        raise ConfigError("data.num_rows", "random_tokens needs num_rows >= 1")
-    if data.format == "alpaca" and (not data.path or not Path(data.path).is_file()):
-        raise ConfigError("data.path", f"file not found: {data.path}")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= data[key] < 1:
+            raise ConfigError(f"data.{key}", f"must be in [0, 1), got {data[key]}")
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError("data.test_fraction", "val_fraction + test_fraction must be < 1: no training rows left")
+    if data.num_proc < 1:
+        raise ConfigError("data.num_proc", f"must be >= 1, got {data.num_proc}")
+    if data.format == "random_tokens":
+        if data.num_rows < 1:
+            raise ConfigError("data.num_rows", "random_tokens needs num_rows >= 1")
+        return
+    if bool(data.path) == bool(data.mix):
+        raise ConfigError("data.path", "give a dataset in data.path, or several in data.mix, not both"
+                          if data.mix else "no dataset: set data.path (a file, a directory or a hub dataset name)")
+    sources = [(f"data.mix.{i}.", s) for i, s in enumerate(data.mix)] or [("data.", data)]
+    for prefix, source in sources:
+        fmt = source.format or data.format
+        if fmt not in FORMATS:
+            raise ConfigError(f"{prefix}format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        columns = source.columns if source.columns is not None else data.columns
+        unknown = set(columns) - set(FORMATS[fmt].mappable)
+        if unknown:
+            raise ConfigError(f"{prefix}columns", f"format {fmt} maps only {', '.join(FORMATS[fmt].mappable)}; "
+                                                  f"got {sorted(unknown)}")
+        if looks_local(source.path) and not Path(os.path.expanduser(source.path)).exists():
+            raise ConfigError(f"{prefix}path", f"file or directory not found: {source.path}")
+        if source.get("weight", 1.0) <= 0:
+            raise ConfigError(f"{prefix}weight", f"must be > 0, got {source.weight}")
 
 
 def _validate_model(model) -> None:

@@ -75,12 +75,17 @@ def torchrun_command(cfg, config_path: Path) -> list:
     return command + ["-m", "shardtune.trainer.worker", str(config_path)]
 
 
-def write_run_config(cfg, plan: LaunchPlan) -> None:
-    """Write the resolved config the workers read; refuse to start over an earlier run's outputs."""
-    output_dir = plan.config_path.parent
+def refuse_existing_run(cfg, output_dir: Path) -> None:
+    """A fresh start (resume=none) must not clobber an earlier run's outputs."""
     if cfg.resume == "none" and any((output_dir / name).exists() for name in RUN_MARKERS):
         raise ConfigError("output_dir", f"{output_dir} already holds a run; pass resume=auto to continue it, "
                                         "or choose another output_dir")
+
+
+def write_run_config(cfg, plan: LaunchPlan) -> None:
+    """Write the resolved config the workers read; refuse to start over an earlier run's outputs."""
+    output_dir = plan.config_path.parent
+    refuse_existing_run(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = plan.config_path.with_suffix(".yaml.tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -358,3 +358,7 @@ class MetricsLogger:
             self._jsonl.close()
         if self._wandb_run is not None:
             self._wandb_run.finish(exit_code=exit_code)
+            # finish() can return before W&B's service has flushed an offline run to disk; shutting the
+            # service down waits for it, so whoever reads the run directory next sees all of it.
+            import wandb
+            wandb.teardown()

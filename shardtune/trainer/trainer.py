@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data import tokenized_splits
-from ..data.instruct import Collator, ShardedBatches
+from ..data import Collator, ShardedBatches, prepare_in_workers
+from ..data.tokenize import IGNORE_INDEX
 from . import checkpoint
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
 from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
@@ -24,7 +24,6 @@ from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 
 log = logging.getLogger("shardtune")
-IGNORE_INDEX = -100
 
 
 def init_distributed(device_setting: str) -> torch.device:
@@ -92,9 +91,10 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        train_rows, val_rows, report = tokenized_splits(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
+        data, path = prepare_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
+        train_rows, val_rows = data.train, data.validation
         if self.rank == 0:
-            log.info("data: %s", ", ".join(f"{key} {value}" for key, value in report.items()))
+            log.info("data from %s: %s", path, ", ".join(f"{key} {value}" for key, value in data.report.items()))
         collator = Collator(self.tokenizer.pad_token_id)
 
         def batches(rows, shuffle):
@@ -132,7 +132,7 @@ class Trainer:
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
-            counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b["attention_mask"].sum())]
+            counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b.pop("num_tokens"))]
                                    for b in micro_batches], device=self.device).sum(0)
             dist.all_reduce(counts)
             label_tokens, input_tokens = counts.tolist()
@@ -176,7 +176,7 @@ class Trainer:
         for index, batch in enumerate(self.val_batches.iterate(0)):
             if self.cfg.train.eval_max_batches is not None and index >= self.cfg.train.eval_max_batches:
                 break
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device) for k, v in batch.items() if k != "num_tokens"}
             with self.strategy.autocast():
                 loss_sum = model(**batch, num_items_in_batch=1).loss  # a sum over tokens
             totals += torch.stack([loss_sum.double(), (batch["labels"][:, 1:] != IGNORE_INDEX).sum().double()])

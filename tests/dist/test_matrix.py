@@ -72,8 +72,7 @@ def reloaded_val_loss(run_dir) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shardtune.config import load_resolved
-    from shardtune.data import tokenized_splits
-    from shardtune.data.instruct import Collator, ShardedBatches
+    from shardtune.data import Collator, ShardedBatches, build
     from shardtune.trainer.model import quantization_config
 
     cfg = load_resolved(run_dir / "config.yaml")
@@ -90,13 +89,14 @@ def reloaded_val_loss(run_dir) -> float:
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     model.eval()
-    _, val_rows, _ = tokenized_splits(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
+    val_rows = build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed).validation
     loss_sum, tokens = 0.0, 0
     with torch.no_grad():
         for rank in range(2):
             batches = ShardedBatches(val_rows, cfg.train.micro_batch_size, rank, 2, cfg.train.seed,
                                      Collator(tokenizer.pad_token_id), shuffle=False)
             for batch in batches.iterate(0):
+                batch.pop("num_tokens")
                 loss_sum += model(**batch, num_items_in_batch=1).loss.item()
                 tokens += int((batch["labels"][:, 1:] != -100).sum())
     return loss_sum / tokens

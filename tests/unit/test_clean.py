@@ -6,7 +6,12 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from shardtune.config import DataConfig, asset_path
-from shardtune.data import tokenized_splits
+from shardtune.data import DataError, build
+
+
+def tokenized_splits(cfg, tokenizer, seq_len, seed):
+    prepared = build(cfg, tokenizer, seq_len, seed)
+    return prepared.train, prepared.validation, prepared.report
 
 ROWS = [
     {"instruction": "Reverse.", "input": "abc", "output": "cba"},
@@ -49,7 +54,7 @@ def test_drop_too_long_and_keep_duplicates(tmp_path, tokenizer):
 
 def test_nothing_left_after_cleaning_names_the_file(tmp_path, tokenizer):
     cfg = data_cfg(tmp_path, [{"instruction": " ", "output": "x"}, {"instruction": "a", "output": ""}])
-    with pytest.raises(ValueError, match=r"data.path: no rows of .*rows.jsonl are left after cleaning"):
+    with pytest.raises(DataError, match=r"data.path: no rows of .*rows.jsonl are left after cleaning"):
         tokenized_splits(cfg, tokenizer, seq_len=64, seed=0)
 
 
@@ -60,10 +65,12 @@ def test_no_row_fits_with_drop_names_seq_len(tmp_path, tokenizer):
 
 
 def test_bundled_data_is_clean(tokenizer):
-    cfg = OmegaConf.structured(DataConfig(name="tiny", path=asset_path("data/tiny_instruct.jsonl")))
+    from conftest import compose_cfg
+    cfg = compose_cfg("data=tiny_instruct").data  # the preset holds out 10% for validation and 10% for test
     _, _, report = tokenized_splits(cfg, tokenizer, seq_len=256, seed=42)
     assert report["rows_read"] == 2000 and report["dropped_empty"] == 0 and report["dropped_duplicates"] == 0
-    assert report["train_rows"] + report["validation_rows"] == 2000 and report["validation_rows"] == 200
+    assert report["train_rows"] + report["validation_rows"] + report["test_rows"] == 2000
+    assert report["validation_rows"] == report["test_rows"] == 200
 
 
 def test_column_mapping_reads_other_field_names(tmp_path, tokenizer):
@@ -77,16 +84,15 @@ def test_column_mapping_reads_other_field_names(tmp_path, tokenizer):
 
 
 def test_a_missing_mapped_field_names_the_file_line_and_key(tmp_path):
-    from shardtune.data import load_rows
-    path = tmp_path / "rows.jsonl"
-    path.write_text('{"question": "Add.", "answer": "4"}\n{"question": "Add."}\n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:2: missing required field 'answer' \(data.columns.output\)"):
-        load_rows(path, {"instruction": "question", "output": "answer"})
+    cfg = data_cfg(tmp_path, [{"question": "Add.", "answer": "4"}, {"question": "Add."}],
+                   columns={"instruction": "question", "output": "answer"})
+    with pytest.raises(DataError, match=r"rows.jsonl:2: field 'answer' \(data.columns.output\) is missing"):
+        build(cfg, None, seq_len=64, seed=0)
 
 
 def test_columns_map_only_the_three_fields():
     from conftest import compose_cfg
     from shardtune.validation import ConfigError, validate
     cfg = compose_cfg(values={"data.columns": {"prompt": "question"}})
-    with pytest.raises(ConfigError, match=r"data.columns: maps only instruction, input and output; got \['prompt'\]"):
+    with pytest.raises(ConfigError, match=r"data.columns: format alpaca maps only instruction, input, output; got \['prompt'\]"):
         validate(cfg, "cpu", 2)

@@ -1,19 +1,20 @@
-"""Unit tests of the shipped tiny tokenizer and data set, and of shardtune/data/instruct.py."""
+"""Unit tests of the shipped tiny tokenizer and data set, the split, alpaca tokenization with masking,
+and batching (shardtune/data/prepare.py, tokenize.py, batches.py)."""
 
 import pytest
+from datasets import Dataset
 from transformers import AutoTokenizer
 
 from shardtune.config import asset_path
-from shardtune.data.instruct import (
-    IGNORE_INDEX,
-    Collator,
-    ShardedBatches,
-    format_prompt,
-    load_rows,
-    split_rows,
-    tokenize_rows,
-)
-from datasets import Dataset
+from shardtune.data import Collator, DataError, ShardedBatches
+from shardtune.data.formats import FORMATS, format_prompt
+from shardtune.data.prepare import split_rows
+from shardtune.data.sources import load_source
+from shardtune.data.tokenize import IGNORE_INDEX, tokenize_split
+
+
+def tokenize_rows(rows, tokenizer, seq_len, mask_prompt, too_long="truncate"):
+    return tokenize_split(rows, FORMATS["alpaca"], tokenizer, seq_len, mask_prompt, too_long, chat_template=None)
 
 
 @pytest.fixture(scope="module")
@@ -54,69 +55,35 @@ def test_tiny_tokenizer_chat_template_tags_roles(tokenizer):
 
 
 def test_tiny_data_loads_and_fits_short_sequences(tokenizer):
-    ds = load_rows(asset_path("data/tiny_instruct.jsonl"))
+    raw = load_source(asset_path("data/tiny_instruct.jsonl"))["train"]
+    ds = FORMATS["alpaca"].normalize(raw, {})
     assert 1500 <= len(ds) <= 2500
     assert len(set(zip(ds["instruction"], ds["input"]))) == len(ds)  # unique rows: no train/val leaks
     tokenized = tokenize_rows(ds, tokenizer, seq_len=1024, mask_prompt=True)
     assert max(len(ids) for ids in tokenized["input_ids"]) <= 64
 
 
-# load_rows: good and bad input.
-
-def test_load_rows_defaults_input_skips_blank_lines_and_drops_extra_keys(tmp_path):
-    path = write_jsonl(tmp_path, [
-        '{"instruction": "Reverse.", "input": "abc", "output": "cba"}',
-        "",
-        '{"instruction": "Say hi.", "output": "hi", "source": "x"}',
-    ])
-    ds = load_rows(path)
-    assert ds.column_names == ["instruction", "input", "output"]
-    assert ds.to_list()[1] == {"instruction": "Say hi.", "input": "", "output": "hi"}
-
-
-@pytest.mark.parametrize("bad_line, reason", [
-    ("{not json", "not valid JSON"),
-    ('["a list"]', "expected a JSON object"),
-    ('{"output": "x"}', "missing required field 'instruction'"),
-    ('{"instruction": "x"}', "missing required field 'output'"),
-    ('{"instruction": 3, "output": "x"}', "'instruction' must be a string"),
-    ('{"instruction": "x", "input": null, "output": "x"}', "'input' must be a string"),
-    ('{"instruction": "x", "output": ["x"]}', "'output' must be a string"),
-])
-def test_load_rows_names_file_and_line_of_a_bad_row(tmp_path, bad_line, reason):
-    good = '{"instruction": "Reverse.", "input": "abc", "output": "cba"}'
-    path = write_jsonl(tmp_path, [good, "", bad_line, good])
-    with pytest.raises(ValueError, match="rows.jsonl:3") as error:
-        load_rows(path)
-    assert str(path) in str(error.value) and reason in str(error.value)
-
-
-def test_load_rows_names_a_missing_or_empty_file(tmp_path):
-    with pytest.raises(ValueError, match="nope.jsonl does not exist"):
-        load_rows(tmp_path / "nope.jsonl")
-    with pytest.raises(ValueError, match="rows.jsonl is empty"):
-        load_rows(write_jsonl(tmp_path, ["", "  "]))
-
-
 # split_rows.
 
-def test_split_is_deterministic_disjoint_and_complete():
+def test_split_is_deterministic_disjoint_complete_and_keeps_row_order():
     ds = Dataset.from_list([{"n": i} for i in range(100)])
-    train, val = (list(part["n"]) for part in split_rows(ds, 0.1, seed=7))
-    assert [list(part["n"]) for part in split_rows(ds, 0.1, seed=7)] == [train, val]
-    assert len(val) == 10 and set(train).isdisjoint(val)
-    assert sorted(train + val) == list(range(100))
-    assert list(split_rows(ds, 0.1, seed=8)[1]["n"]) != val
+    train, val, test = (list(part["n"]) for part in split_rows(ds, 0.1, 0.2, seed=7))
+    assert [list(part["n"]) for part in split_rows(ds, 0.1, 0.2, seed=7)] == [train, val, test]
+    assert (len(train), len(val), len(test)) == (70, 10, 20)
+    assert set(train).isdisjoint(val) and set(train).isdisjoint(test) and set(val).isdisjoint(test)
+    assert sorted(train + val + test) == list(range(100))
+    assert train == sorted(train) and test == sorted(test)  # file order within each split
+    assert list(split_rows(ds, 0.1, 0.2, seed=8)[2]["n"]) != test
 
 
 def test_split_edge_cases():
     two_rows = Dataset.from_list([{"n": 0}, {"n": 1}])
-    assert [len(part) for part in split_rows(two_rows, 0.01, seed=0)] == [1, 1]  # at least one val row
-    assert [len(part) for part in split_rows(two_rows, 0.0, seed=0)] == [2, 0]
-    with pytest.raises(ValueError, match="leaves no training rows"):
-        split_rows(two_rows, 0.9, seed=0)
-    with pytest.raises(ValueError, match="data.val_fraction"):
-        split_rows(two_rows, 1.0, seed=0)
+    assert [len(part) for part in split_rows(two_rows, 0.01, 0.0, seed=0)] == [1, 1, 0]  # at least one row
+    assert [len(part) for part in split_rows(two_rows, 0.0, 0.0, seed=0)] == [2, 0, 0]
+    with pytest.raises(DataError, match="leave no training rows"):
+        split_rows(two_rows, 0.9, 0.0, seed=0)
+    with pytest.raises(DataError, match="data.test_fraction=0.5"):
+        split_rows(two_rows, 0.01, 0.5, seed=0)
 
 
 # tokenize_rows: template, masking, EOS, truncation.
@@ -149,11 +116,11 @@ def test_unmasked_labels_equal_input_ids(tokenizer):
 
 def test_truncation_keeps_the_start_and_warns_when_no_labels_are_left(tokenizer, caplog):
     full = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)[0]
-    assert "no response tokens left" not in caplog.text
+    assert "no trained tokens left" not in caplog.text
     short = tokenize_rows(ROWS, tokenizer, seq_len=10, mask_prompt=True)[0]
     assert short["input_ids"] == full["input_ids"][:10]
     assert short["labels"] == full["labels"][:10]
-    assert "2 of 2 examples have no response tokens left" in caplog.text
+    assert "2 of 2 examples have no trained tokens left" in caplog.text
 
 
 # Collator.
@@ -164,11 +131,24 @@ def test_collator_right_pads_to_a_multiple():
         {"input_ids": list(range(9)), "labels": list(range(9))},
     ])
     assert {name: tuple(t.shape) for name, t in batch.items()} == {
-        "input_ids": (2, 16), "labels": (2, 16), "attention_mask": (2, 16)}
+        "input_ids": (2, 16), "labels": (2, 16), "attention_mask": (2, 16), "num_tokens": ()}
+    assert batch["num_tokens"].item() == 12
     assert batch["input_ids"][0].tolist() == [1, 2, 3] + [256] * 13
     assert batch["labels"][0].tolist() == [-100, 2, 3] + [-100] * 13
     assert batch["attention_mask"].sum(dim=1).tolist() == [3, 9]
     assert batch["attention_mask"][1].tolist() == [1] * 9 + [0] * 7
+
+
+def test_collator_gives_packed_rows_positions_and_no_attention_mask():
+    batch = Collator(pad_token_id=256, pad_to_multiple_of=8)([
+        {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1]},
+        {"input_ids": [7, 8], "labels": [-100, 8], "position_ids": [0, 1]},
+    ])
+    assert set(batch) == {"input_ids", "labels", "position_ids", "num_tokens"}
+    # The padding continues as one more example of its own, so it never joins a real one.
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert batch["labels"][1].tolist() == [-100, 8] + [-100] * 6
+    assert batch["num_tokens"].item() == 7
 
 
 # ShardedBatches.

@@ -1,0 +1,119 @@
+"""Tokenize once: prepared splits are cached on disk under a key of everything that shapes them.
+
+The key covers the data settings, each local file's path, size and modification time (or the hub name,
+subset, split and revision), the tokenizer (vocabulary, special tokens, chat template), seq_len and the
+seed, so changing any of them builds a new entry. An entry is written to a temporary directory and
+renamed into place with a COMPLETE marker: readers never see half of one, and of two concurrent
+writers (one per node on a shared filesystem) one wins and the other's copy is discarded.
+
+In a run, the launcher prepares the cache before starting workers (errors surface there); workers load
+it. A worker that finds no entry (a node without the shared filesystem) builds it: global rank 0 first,
+then local rank 0 of any node still without it, while the other ranks wait.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Tuple
+
+from datasets import load_from_disk
+from omegaconf import OmegaConf
+
+from .prepare import PreparedData, build, sources
+from .sources import looks_local
+
+log = logging.getLogger("shardtune")
+CACHE_VERSION = 1  # bump when the prepared format changes
+COMPLETE_MARKER = "COMPLETE"
+SPLITS = ("train", "validation", "test")
+# Settings that do not change the prepared rows.
+NOT_IN_KEY = ("name", "cache_dir", "num_proc")
+
+
+def cache_root(data_cfg) -> Path:
+    if data_cfg.cache_dir:
+        return Path(os.path.expanduser(data_cfg.cache_dir))
+    return Path(os.environ.get("SHARDTUNE_DATA_CACHE", Path.home() / ".cache" / "shardtune" / "data"))
+
+
+def _files_of(path: str) -> list:
+    root = Path(os.path.expanduser(path))
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    parts = [type(tokenizer).__name__, vocabulary, json.dumps(tokenizer.special_tokens_map, sort_keys=True),
+             str(getattr(tokenizer, "chat_template", None))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def cache_key(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[str, dict]:
+    """(hex key, the settings it was made from; written next to the entry for people to read)."""
+    settings = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in NOT_IN_KEY}
+    files = {s["path"]: _files_of(s["path"]) for s in sources(data_cfg) if s["path"] and looks_local(s["path"])}
+    material = {"version": CACHE_VERSION, "data": settings, "files": files, "seq_len": seq_len, "seed": seed,
+                "tokenizer": tokenizer_fingerprint(tokenizer)}
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+    return digest, material
+
+
+def entry_path(data_cfg, tokenizer, seq_len: int, seed: int) -> Path:
+    return cache_root(data_cfg) / cache_key(data_cfg, tokenizer, seq_len, seed)[0]
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE_MARKER).exists()
+
+
+def load_entry(path: Path) -> PreparedData:
+    splits = [load_from_disk(str(path / name)) for name in SPLITS]
+    return PreparedData(*splits, report=json.loads((path / "report.json").read_text()))
+
+
+def write_entry(path: Path, prepared: PreparedData, material: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for name in SPLITS:
+            prepared.split(name).save_to_disk(str(staging / name))
+        (staging / "report.json").write_text(json.dumps(prepared.report, indent=1))
+        (staging / "key.json").write_text(json.dumps(material, indent=1))
+        (staging / COMPLETE_MARKER).touch()
+        try:
+            os.rename(staging, path)
+        except OSError:  # another writer got there first; its entry is the same
+            if not is_complete(path):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False) -> Tuple[PreparedData, Path, bool]:
+    """(the prepared splits, their cache entry, whether it was already there)."""
+    key, material = cache_key(data_cfg, tokenizer, seq_len, seed)
+    path = cache_root(data_cfg) / key
+    if rebuild and path.exists():
+        shutil.rmtree(path)
+    if is_complete(path):
+        return load_entry(path), path, True
+    prepared = build(data_cfg, tokenizer, seq_len, seed)
+    write_entry(path, prepared, material)
+    return prepared, path, False
+
+
+def prepare_in_workers(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[PreparedData, Path]:
+    """Collective: every rank calls it and gets the same splits, built at most once per filesystem."""
+    import torch.distributed as dist
+    path = entry_path(data_cfg, tokenizer, seq_len, seed)
+    builders = (dist.get_rank() == 0, int(os.environ.get("LOCAL_RANK", 0)) == 0)
+    for is_builder in builders:  # global rank 0 first; then each node's first rank if still missing
+        if is_builder and not is_complete(path):
+            prepare(data_cfg, tokenizer, seq_len, seed)
+        dist.barrier()
+    return load_entry(path), path

@@ -1,0 +1,52 @@
+"""Packing: several tokenized examples in one training sequence, without attending across them.
+
+Examples are placed best-fit-decreasing into sequences of at most seq_len tokens. Each packed row keeps
+`position_ids` that restart at 0 for every example: transformers reads those restarts as example
+boundaries when no attention mask is given (a block-diagonal mask for sdpa/eager, variable-length
+kernels for flash attention), so attention and positions are what they would be unpacked. The first
+label of each example is masked: unpacked, no token predicts it, and packed, the previous example's
+last token must not be trained to predict it either. The loss is then the same as unpacked.
+"""
+import bisect
+from typing import Dict, List
+
+from datasets import Dataset
+
+from .tokenize import IGNORE_INDEX
+
+
+def assign_to_bins(lengths: List[int], capacity: int) -> List[List[int]]:
+    """Example indices per bin, best-fit decreasing: each example (longest first) goes into the fullest
+    bin it still fits in. Deterministic; bins keep their examples in original order."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free = []  # sorted (free space, bin number)
+    bins: List[List[int]] = []
+    for index in order:
+        length = lengths[index]
+        slot = bisect.bisect_left(free, (length, -1))
+        if slot < len(free):
+            space, number = free.pop(slot)
+        else:
+            space, number = capacity, len(bins)
+            bins.append([])
+        bins[number].append(index)
+        if space - length > 0:
+            bisect.insort(free, (space - length, number))
+    return [sorted(members) for members in bins]
+
+
+def pack_examples(ds: Dataset, seq_len: int) -> Dataset:
+    """Rows of input_ids, labels and position_ids, each at most seq_len tokens."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    input_ids, labels = ds["input_ids"], ds["labels"]
+    packed: Dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    for members in assign_to_bins(lengths, seq_len):
+        row_ids, row_labels, row_positions = [], [], []
+        for index in members:
+            row_ids += input_ids[index]
+            row_labels += [IGNORE_INDEX] + labels[index][1:]
+            row_positions += list(range(lengths[index]))
+        packed["input_ids"].append(row_ids)
+        packed["labels"].append(row_labels)
+        packed["position_ids"].append(row_positions)
+    return Dataset.from_dict(packed)

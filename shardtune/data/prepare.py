@@ -1,0 +1,140 @@
+"""From the data config to tokenized train / validation / test splits, with the counts of every rule.
+
+Per source: load -> check and normalise the format -> clean -> split (the dataset's own splits, or
+carved deterministically from its rows) -> tokenize with masking. Then the sources' training rows are
+mixed by weight, and packed if asked. Every step depends only on the data, the tokenizer, the settings
+and the seed, so every rank (and every later run) computes the same splits in the same order.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+
+from .clean import clean_rows
+from .errors import DataError
+from .formats import FORMATS, chat_template_for
+from .packing import pack_examples
+from .sources import SPLITS, load_source
+from .synthetic import random_token_rows
+from .tokenize import tokenize_split
+
+SOURCE_FIELDS = ("path", "format", "columns", "subset", "split", "revision")
+
+
+@dataclass
+class PreparedData:
+    train: Dataset  # input_ids, labels (+ position_ids when packed)
+    validation: Dataset  # input_ids, labels
+    test: Dataset  # input_ids, labels, prompt_ids, reference
+    report: Dict[str, float] = field(default_factory=dict)
+
+    def split(self, name: str) -> Dataset:
+        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+
+
+def sources(data_cfg) -> List[dict]:
+    """The sources as plain dicts with every field filled: data.mix, or the one source of data.path."""
+    if data_cfg.mix:
+        return [{"format": s.format or data_cfg.format,
+                 "columns": dict(s.columns if s.columns is not None else data_cfg.columns),
+                 **{k: s[k] for k in ("path", "subset", "split", "revision", "weight")}} for s in data_cfg.mix]
+    return [{**{k: data_cfg[k] for k in SOURCE_FIELDS}, "columns": dict(data_cfg.columns), "weight": 1.0}]
+
+
+def source_name(source: dict) -> str:
+    return Path(source["path"]).stem if source["path"] else "data"
+
+
+def split_rows(ds: Dataset, val_fraction: float, test_fraction: float, seed: int,
+               where: str = "data") -> Tuple[Dataset, Dataset, Dataset]:
+    """(train, validation, test): the held-out shares drawn by a seeded permutation, each split in the
+    original row order. A positive fraction holds out at least one row."""
+    num_rows = len(ds)
+
+    def count(fraction: float) -> int:
+        return 0 if fraction == 0 or num_rows < 2 else max(1, round(num_rows * fraction))
+
+    num_val, num_test = count(val_fraction), count(test_fraction)
+    if num_val + num_test >= num_rows:
+        raise DataError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} of {num_rows} "
+                        f"rows of {where} leave no training rows; lower them or add data")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    test, val, train = np.split(order, [num_test, num_test + num_val])
+    return tuple(ds.select(sorted(part.tolist())) for part in (train, val, test))
+
+
+def weighted(rows: Dataset, weight: float, seed: int) -> Dataset:
+    """Every row int(weight) times, plus a seeded sample of the fractional part."""
+    whole, fraction = int(weight), weight - int(weight)
+    indices = list(range(len(rows))) * whole
+    extra = np.random.default_rng(seed).choice(len(rows), round(fraction * len(rows)), replace=False)
+    return rows.select(indices + sorted(extra.tolist()))
+
+
+def build(data_cfg, tokenizer, seq_len: int, seed: int) -> PreparedData:
+    if data_cfg.format == "random_tokens":
+        rows = random_token_rows(data_cfg.num_rows, seq_len, len(tokenizer), seed)
+        train, val, test = split_rows(rows, data_cfg.val_fraction, data_cfg.test_fraction, seed)
+        test = test.add_column("prompt_ids", [[]] * len(test)).add_column("reference", [""] * len(test))
+        return PreparedData(train, val, test, {"train_rows": len(train), "validation_rows": len(val)})
+    parts: Dict[str, List[Dataset]] = {name: [] for name in SPLITS}
+    report: Dict[str, float] = {}
+    all_sources = sources(data_cfg)
+    for number, source in enumerate(all_sources):
+        prefix = f"{source_name(source)}/" if len(all_sources) > 1 else ""
+        splits, counts = _prepare_source(source, data_cfg, tokenizer, seq_len, seed + number)
+        report.update({prefix + key: value for key, value in counts.items()})
+        parts["train"].append(weighted(splits["train"], source["weight"], seed + number))
+        parts["validation"].append(splits["validation"])
+        parts["test"].append(splits["test"])
+    train, val, test = (_concatenate(parts[name]) for name in SPLITS)
+    if len(train) == 0:
+        raise DataError(f"data.too_long: no training rows fit train.seq_len={seq_len} with data.too_long=drop ({report})")
+    report.update({"train_rows": len(train), "validation_rows": len(val), "test_rows": len(test)})
+    if data_cfg.packing:
+        num_tokens = sum(map(len, train["input_ids"]))
+        train = pack_examples(train, seq_len)
+        report.update({"packed_train_rows": len(train),
+                       "packing_efficiency": round(num_tokens / (len(train) * seq_len), 4)})
+    return PreparedData(train, val, test, report)
+
+
+def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
+    fmt = FORMATS[source["format"]]
+    raw_splits = load_source(source["path"], source["subset"], source["split"], source["revision"])
+    counts: Dict[str, float] = {}
+    own = {}
+    for name, raw in raw_splits.items():
+        if name not in SPLITS:
+            continue  # e.g. a hub dataset's "unsupervised" split
+        rows, split_counts = clean_rows(fmt.normalize(raw, source["columns"]), fmt, data_cfg.drop_duplicates)
+        for key, value in split_counts.items():
+            counts[key] = counts.get(key, 0) + value
+        own[name] = rows
+    if "train" not in own:
+        raise DataError(f"data.split: {source['path']} has splits {sorted(raw_splits)} but no train split; "
+                        "name the one to train on with data.split")
+    if not data_cfg.use_dataset_splits:
+        own = {"train": _concatenate(list(own.values()))}
+    if len(own["train"]) == 0:
+        raise DataError(f"data.path: no rows of {source['path']} are left after cleaning ({counts})")
+    train, val, test = split_rows(own["train"], 0.0 if "validation" in own else data_cfg.val_fraction,
+                                  0.0 if "test" in own else data_cfg.test_fraction, seed, source["path"])
+    carved = {"train": train, "validation": own.get("validation", val), "test": own.get("test", test)}
+    chat_template = chat_template_for(data_cfg, tokenizer) if fmt.name == "chat" else None
+    tokenized = {}
+    for name, rows in carved.items():
+        result = tokenize_split(rows, fmt, tokenizer, seq_len, data_cfg.mask_prompt, data_cfg.too_long,
+                                chat_template, with_generation=name == "test", num_proc=data_cfg.num_proc)
+        counts[f"{name}_truncated"] = sum(result["truncated"])
+        counts[f"{name}_dropped_too_long"] = len(rows) - len(result)
+        tokenized[name] = result.remove_columns("truncated")
+    return tokenized, counts
+
+
+def _concatenate(parts: List[Dataset]) -> Dataset:
+    # An empty split has untyped columns, which would clash with the typed ones of a filled split.
+    filled = [part for part in parts if len(part)]
+    return concatenate_datasets(filled) if filled else parts[0]
