@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Tuple
 
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from omegaconf import OmegaConf
 
 from .prepare import PreparedData, build, sources
@@ -28,6 +28,7 @@ from .sources import looks_local
 log = logging.getLogger("shardtune")
 CACHE_VERSION = 1  # bump when the prepared format changes
 COMPLETE_MARKER = "COMPLETE"
+EMPTY_SPLIT = "empty-split.json"
 SPLITS = ("train", "validation", "test")
 # Settings that do not change the prepared rows.
 NOT_IN_KEY = ("name", "cache_dir", "num_proc")
@@ -71,8 +72,22 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).exists()
 
 
+def _save_split(split: Dataset, path: Path) -> None:
+    if len(split):
+        split.save_to_disk(str(path))
+    else:  # datasets writes no table for zero rows and then cannot load it back: keep the columns only
+        path.mkdir()
+        (path / EMPTY_SPLIT).write_text(json.dumps(list(split.column_names)))
+
+
+def _load_split(path: Path) -> Dataset:
+    if (path / EMPTY_SPLIT).exists():
+        return Dataset.from_dict({name: [] for name in json.loads((path / EMPTY_SPLIT).read_text())})
+    return load_from_disk(str(path))
+
+
 def load_entry(path: Path) -> PreparedData:
-    splits = [load_from_disk(str(path / name)) for name in SPLITS]
+    splits = [_load_split(path / name) for name in SPLITS]
     return PreparedData(*splits, report=json.loads((path / "report.json").read_text()))
 
 
@@ -81,7 +96,7 @@ def write_entry(path: Path, prepared: PreparedData, material: dict) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for name in SPLITS:
-            prepared.split(name).save_to_disk(str(staging / name))
+            _save_split(prepared.split(name), staging / name)
         (staging / "report.json").write_text(json.dumps(prepared.report, indent=1))
         (staging / "key.json").write_text(json.dumps(material, indent=1))
         (staging / COMPLETE_MARKER).touch()
@@ -98,8 +113,8 @@ def prepare(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False)
     """(the prepared splits, their cache entry, whether it was already there)."""
     key, material = cache_key(data_cfg, tokenizer, seq_len, seed)
     path = cache_root(data_cfg) / key
-    if rebuild and path.exists():
-        shutil.rmtree(path)
+    if (rebuild or not is_complete(path)) and path.exists():
+        shutil.rmtree(path)  # entries are renamed into place complete, so one without its marker is debris
     if is_complete(path):
         return load_entry(path), path, True
     prepared = build(data_cfg, tokenizer, seq_len, seed)
