@@ -3,7 +3,14 @@
 train  validate the composed config, write the run directory, start torchrun workers
 plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
        plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N
+
+Commands on an existing run directory take plain arguments (--help for each), not Hydra overrides:
+
+export <run_dir> [--checkpoint step-N|PATH] [--output DIR] [--dtype bf16|fp16|fp32] [--force]
+       write the trained model as a Hugging Face directory that transformers loads without peft
+       (LoRA/QLoRA merged, full fine-tunes consolidated); default <run_dir>/export
 """
+import importlib
 import json
 import logging
 import shutil
@@ -49,6 +56,9 @@ def plan(cfg: DictConfig) -> None:
 
 
 COMMANDS = {"train": train, "plan": plan}
+# Commands that read an existing run directory parse their own arguments (argparse, no Hydra): name ->
+# "module:function", called with the arguments after the name; imported only when run.
+ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command"}
 
 
 def main() -> None:
@@ -56,6 +66,10 @@ def main() -> None:
         print(USAGE)
         return
     command = sys.argv.pop(1)
+    if command in ARGPARSE_COMMANDS:
+        module, function = ARGPARSE_COMMANDS[command].split(":")
+        getattr(importlib.import_module(module), function)(sys.argv[1:])
+        return
     if command not in COMMANDS:
         sys.exit(f"shardtune: unknown command {command!r}\n{USAGE}")
     scratch = None
