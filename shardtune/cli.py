@@ -5,7 +5,14 @@ plan   print what `train` would run (world size, torchrun command, DeepSpeed JSO
        plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N
 data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
 data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
+
+Commands on an existing run directory take plain arguments (--help for each), not Hydra overrides:
+
+export <run_dir> [--checkpoint step-N|PATH] [--output DIR] [--dtype bf16|fp16|fp32] [--force]
+       write the trained model as a Hugging Face directory that transformers loads without peft
+       (LoRA/QLoRA merged, full fine-tunes consolidated); default <run_dir>/export
 """
+import importlib
 import json
 import logging
 import shutil
@@ -96,6 +103,9 @@ def take_flags(argv: list, names: dict) -> dict:
             found[name] = argv.pop(index + 1) if takes_value and index + 1 < len(argv) else True
             argv.pop(index)
     return found
+# Commands that read an existing run directory parse their own arguments (argparse, no Hydra): name ->
+# "module:function", called with the arguments after the name; imported only when run.
+ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command"}
 
 
 def main() -> None:
@@ -103,6 +113,10 @@ def main() -> None:
         print(USAGE)
         return
     command = sys.argv.pop(1)
+    if command in ARGPARSE_COMMANDS:
+        module, function = ARGPARSE_COMMANDS[command].split(":")
+        getattr(importlib.import_module(module), function)(sys.argv[1:])
+        return
     if command == "data" and len(sys.argv) > 1:
         command = f"data {sys.argv.pop(1)}"
         FLAGS.update(take_flags(sys.argv, {"--rebuild": False, "--split": True, "--examples": True}))

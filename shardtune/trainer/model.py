@@ -83,8 +83,9 @@ def model_source(cfg, compute_dtype: torch.dtype) -> str:
     return cfg.model.name_or_path
 
 
-def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
+def load_base_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """The transformers model the method starts from, without adapters: full weights, or the frozen base
+    (quantized by bitsandbytes for QLoRA, already on `device`). Export dequantizes it before adding adapters."""
     method = cfg.method.name
     kwargs = dict(dtype=load_dtype(cfg, compute_dtype), attn_implementation=cfg.model.attn_implementation,
                   trust_remote_code=cfg.model.trust_remote_code)
@@ -100,6 +101,13 @@ def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dty
         # a module runs in eval mode; evaluation between training steps must see the training layout.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
+    method = cfg.method.name
+    model = load_base_model(cfg, source, device, compute_dtype)
     if cfg.train.activation_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
