@@ -23,6 +23,17 @@ def stop_token_ids(model, tokenizer) -> List[int]:
     return ids
 
 
+def encode_prompts(tokenizer, prompts: List[str]) -> List[List[int]]:
+    """Token ids of each prompt, starting with BOS where the tokenizer puts one at the start of a text
+    (Llama's do, the tiny byte tokenizer does not) and never ending in EOS: a model sees a prompt
+    as it saw the start of each training sequence, and an EOS would tell it the text is over."""
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:
+        ids = [[bos] + row for row in ids]
+    return ids
+
+
 def completion_up_to_stop(token_ids: List[int], stop_ids: List[int]) -> List[int]:
     """The new tokens before the first stop token (generate pads a finished row until the batch ends)."""
     for position, token_id in enumerate(token_ids):
@@ -42,8 +53,7 @@ def greedy_generate(model, tokenizer, prompts: List[str], max_new_tokens: int, b
 def greedy_token_ids(model, tokenizer, prompts: List[str], max_new_tokens: int, batch_size: int = 16) -> List[List[int]]:
     """The new token ids of each prompt's greedy completion, up to (not including) the first stop token.
 
-    Prompts are tokenized as the training data is (shardtune.data.instruct: no special tokens added),
-    so a model sees at generation time exactly the prompt it was trained on. Each batch is left-padded:
+    Prompts are tokenized by `encode_prompts`. Each batch is left-padded:
     every prompt then ends at the same position, where generation starts. Prompts are batched in order
     of length to keep padding small; the answers come back in the order of `prompts`.
     """
@@ -52,7 +62,7 @@ def greedy_token_ids(model, tokenizer, prompts: List[str], max_new_tokens: int, 
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     completions = [None] * len(prompts)
     was_training = model.training

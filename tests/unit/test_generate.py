@@ -8,7 +8,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from shardtune.config import asset_path
 from shardtune.data.instruct import format_prompt
-from shardtune.evaluation.generate import completion_up_to_stop, greedy_generate, greedy_token_ids, stop_token_ids
+from shardtune.evaluation.generate import (
+    completion_up_to_stop,
+    encode_prompts,
+    greedy_generate,
+    greedy_token_ids,
+    stop_token_ids,
+)
 
 # Different lengths, so a batch of them needs padding.
 PROMPTS = [format_prompt("Reverse the word.", "abc"), "hi", format_prompt("Double 12.", ""),
@@ -38,7 +44,7 @@ def model():
 @torch.no_grad()
 def argmax_loop(model, tokenizer, prompt: str, max_new_tokens: int, stop_ids) -> list:
     """Greedy decoding written out: run the whole sequence, append the most likely token, repeat."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = encode_prompts(tokenizer, [prompt])[0]
     new = []
     for _ in range(max_new_tokens):
         logits = model(input_ids=torch.tensor([ids + new])).logits
@@ -97,6 +103,14 @@ def test_peft_model_unmerged(tokenizer):
     expected = [argmax_loop(peft_model, tokenizer, p, MAX_NEW_TOKENS, [tokenizer.eos_token_id]) for p in PROMPTS]
     assert expected != before
     assert greedy_token_ids(peft_model, tokenizer, PROMPTS, MAX_NEW_TOKENS, batch_size=4) == expected
+
+
+def test_prompts_start_with_bos_only_where_the_tokenizer_adds_one(tokenizer):
+    # The tiny byte tokenizer adds nothing: ids are the bytes, as in training.
+    assert encode_prompts(tokenizer, ["ab", "c"]) == [[97, 98], [99]]
+    with_bos = AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"), add_bos_token=True, add_eos_token=True)
+    assert with_bos("ab")["input_ids"] == [257, 97, 98, 258]
+    assert encode_prompts(with_bos, ["ab", "c"]) == [[257, 97, 98], [257, 99]]  # BOS yes, EOS no
 
 
 def test_completion_up_to_stop():
