@@ -11,6 +11,8 @@ Commands on an existing run directory take plain arguments (--help for each), no
 export <run_dir> [--checkpoint step-N|PATH] [--output DIR] [--dtype bf16|fp16|fp32] [--force]
        write the trained model as a Hugging Face directory that transformers loads without peft
        (LoRA/QLoRA merged, full fine-tunes consolidated); default <run_dir>/export
+eval <run_dir> [--checkpoint step-N|PATH] [--split test|validation] [--max-new-tokens N] [--compare-base] ...
+       loss, perplexity, and greedy-generation exact match and ROUGE-L on held-out rows; writes <run_dir>/eval.json
 """
 import importlib
 import json
@@ -105,7 +107,7 @@ def take_flags(argv: list, names: dict) -> dict:
     return found
 # Commands that read an existing run directory parse their own arguments (argparse, no Hydra): name ->
 # "module:function", called with the arguments after the name; imported only when run.
-ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command"}
+ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command", "eval": "shardtune.evaluation.command:eval_command"}
 
 
 def main() -> None:

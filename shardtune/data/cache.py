@@ -26,7 +26,7 @@ from .prepare import PreparedData, build, sources
 from .sources import looks_local
 
 log = logging.getLogger("shardtune")
-CACHE_VERSION = 1  # bump when the prepared format changes
+CACHE_VERSION = 2  # bump when the prepared format changes
 COMPLETE_MARKER = "COMPLETE"
 EMPTY_SPLIT = "empty-split.json"
 SPLITS = ("train", "validation", "test")

@@ -26,8 +26,8 @@ SOURCE_FIELDS = ("path", "format", "columns", "subset", "split", "revision")
 @dataclass
 class PreparedData:
     train: Dataset  # input_ids, labels (+ position_ids when packed)
-    validation: Dataset  # input_ids, labels
-    test: Dataset  # input_ids, labels, prompt_ids, reference
+    validation: Dataset  # input_ids, labels, prompt_ids, reference (for generation-based evaluation)
+    test: Dataset  # the same columns as validation
     report: Dict[str, float] = field(default_factory=dict)
 
     def split(self, name: str) -> Dataset:
@@ -77,7 +77,6 @@ def build(data_cfg, tokenizer, seq_len: int, seed: int) -> PreparedData:
     if data_cfg.format == "random_tokens":
         rows = random_token_rows(data_cfg.num_rows, seq_len, len(tokenizer), seed)
         train, val, test = split_rows(rows, data_cfg.val_fraction, data_cfg.test_fraction, seed)
-        test = test.add_column("prompt_ids", [[]] * len(test)).add_column("reference", [""] * len(test))
         return PreparedData(train, val, test, {"train_rows": len(train), "validation_rows": len(val)})
     parts: Dict[str, List[Dataset]] = {name: [] for name in SPLITS}
     report: Dict[str, float] = {}
@@ -127,7 +126,7 @@ def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
     tokenized = {}
     for name, rows in carved.items():
         result = tokenize_split(rows, fmt, tokenizer, seq_len, data_cfg.mask_prompt, data_cfg.too_long,
-                                chat_template, with_generation=name == "test", num_proc=data_cfg.num_proc)
+                                chat_template, with_generation=name != "train", num_proc=data_cfg.num_proc)
         counts[f"{name}_truncated"] = sum(result["truncated"])
         counts[f"{name}_dropped_too_long"] = len(rows) - len(result)
         tokenized[name] = result.remove_columns("truncated")

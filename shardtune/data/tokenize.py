@@ -25,7 +25,8 @@ def adds_bos(tokenizer) -> bool:
 def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: int, mask_prompt: bool, too_long: str,
                    chat_template: Optional[str], with_generation: bool = False, num_proc: int = 1) -> Dataset:
     """Columns: input_ids, labels, truncated (bool); with_generation adds prompt_ids and reference, the
-    prompt to generate from and the expected answer (formats that have one; empty otherwise)."""
+    prompt to generate from and the expected answer (formats that have one; empty otherwise), for
+    evaluation splits."""
     columns = ["input_ids", "labels", "truncated"] + (["prompt_ids", "reference"] if with_generation else [])
     if len(rows) == 0:  # map would return an empty split without the new columns
         return Dataset.from_dict({name: [] for name in columns})

@@ -3,9 +3,11 @@
 Works for any causal LM transformers can `generate` with, including an unmerged peft model and a
 bitsandbytes-quantized base, on CPU and CUDA.
 """
-from typing import List
+from typing import List, Union
 
 import torch
+
+from ..data.tokenize import adds_bos
 
 
 def stop_token_ids(model, tokenizer) -> List[int]:
@@ -28,9 +30,8 @@ def encode_prompts(tokenizer, prompts: List[str]) -> List[List[int]]:
     (Llama's do, the tiny byte tokenizer does not) and never ending in EOS: a model sees a prompt
     as it saw the start of each training sequence, and an EOS would tell it the text is over."""
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:
-        ids = [[bos] + row for row in ids]
+    if adds_bos(tokenizer):
+        ids = [[tokenizer.bos_token_id] + row for row in ids]
     return ids
 
 
@@ -50,10 +51,11 @@ def greedy_generate(model, tokenizer, prompts: List[str], max_new_tokens: int, b
 
 
 @torch.no_grad()
-def greedy_token_ids(model, tokenizer, prompts: List[str], max_new_tokens: int, batch_size: int = 16) -> List[List[int]]:
+def greedy_token_ids(model, tokenizer, prompts: List[Union[str, List[int]]], max_new_tokens: int,
+                     batch_size: int = 16) -> List[List[int]]:
     """The new token ids of each prompt's greedy completion, up to (not including) the first stop token.
 
-    Prompts are tokenized by `encode_prompts`. Each batch is left-padded:
+    Text prompts are tokenized by `encode_prompts`; lists of token ids are used as given. Each batch is left-padded:
     every prompt then ends at the same position, where generation starts. Prompts are batched in order
     of length to keep padding small; the answers come back in the order of `prompts`.
     """
@@ -62,7 +64,9 @@ def greedy_token_ids(model, tokenizer, prompts: List[str], max_new_tokens: int, 
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    encoded = encode_prompts(tokenizer, prompts)
+    # Token ids (test prompts the data pipeline tokenized exactly as in training) pass through as they are.
+    texts = bool(prompts) and isinstance(prompts[0], str)
+    encoded = encode_prompts(tokenizer, prompts) if texts else [list(ids) for ids in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     completions = [None] * len(prompts)
     was_training = model.training

@@ -4,6 +4,7 @@ Workers read the resolved config the launcher wrote; they never run Hydra themse
 """
 import logging
 import sys
+import warnings
 
 from ..config import load_resolved
 from .trainer import Trainer
@@ -18,6 +19,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     # bitsandbytes' CPU backend announces at every import that an optional kernel package is absent.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft asks models a deprecated question; the answer is right and the warning is not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def main(argv=None) -> None:

@@ -11,8 +11,7 @@ import torch
 from conftest import FAST, run_shardtune
 from transformers import AutoModelForCausalLM
 
-from shardtune.data import tokenized_splits
-from shardtune.data.instruct import Collator, ShardedBatches
+from shardtune.data import Collator, ShardedBatches, build
 from shardtune.export import ExportError, export_model
 from shardtune.trained import RunDirError, build_trained_model, load_trained_model, resolve_source
 
@@ -63,7 +62,7 @@ def runs(tmp_path_factory):
 
 
 def validation_batches(cfg, tokenizer, count: int = 2) -> list:
-    _, val_rows, _ = tokenized_splits(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
+    val_rows = build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed).validation
     batches = ShardedBatches(val_rows, cfg.train.micro_batch_size, 0, 1, cfg.train.seed,
                              Collator(tokenizer.pad_token_id), shuffle=False).iterate(0)
     return [next(batches) for _ in range(count)]

@@ -40,8 +40,8 @@ def test_method_variants_train(tmp_path, overrides):
 
 
 def test_epochs_set_the_number_of_steps(tmp_path):
-    # 1800 training rows / (4 rows x 2 ranks) = 225 micro-batches per rank per epoch; 0.04 epoch -> 9 steps.
+    # 1600 training rows / (4 rows x 2 ranks) = 200 micro-batches per rank per epoch; 0.045 epoch -> 9 steps.
     output_dir = tmp_path / "epochs"
     run_shardtune("train", f"output_dir={output_dir}", *[o for o in FAST if "max_steps" not in o],
-                  "train.epochs=0.04", "train.max_steps=null")
+                  "train.epochs=0.045", "train.max_steps=null")
     assert max(row["step"] for row in read_metrics(output_dir)) == 9

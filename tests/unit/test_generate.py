@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from shardtune.config import asset_path
-from shardtune.data.instruct import format_prompt
+from shardtune.data.formats import format_prompt
 from shardtune.evaluation.generate import (
     completion_up_to_stop,
     encode_prompts,
