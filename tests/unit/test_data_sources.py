@@ -223,3 +223,18 @@ def test_config_errors_name_the_key(values, key, message):
     with pytest.raises(ConfigError, match=message) as error:
         validate(compose_cfg(values=values), "cpu", 2)
     assert error.value.key == key
+
+
+def test_bos_is_added_where_the_tokenizer_adds_it_and_never_trained(tmp_path, tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    llama_like = copy.deepcopy(tokenizer)  # starts every text with BOS, as Llama's tokenizers do
+    llama_like.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 257)])
+    assert llama_like("a")["input_ids"] == [257, 97]
+    path = write_jsonl(tmp_path / "rows.jsonl", ALPACA)
+    prepared = build(data_cfg(path, test_fraction=0.4), llama_like, 64, seed=0)
+    row = prepared.train[0]
+    assert row["input_ids"][0] == 257 and row["labels"][0] == IGNORE_INDEX
+    assert row["input_ids"][1:] == build(data_cfg(path, test_fraction=0.4), tokenizer, 64, seed=0).train[0]["input_ids"]
+    assert all(ids[0] == 257 for ids in prepared.test["prompt_ids"])  # generation starts as training did
+    chat = build(data_cfg(write_jsonl(tmp_path / "chat.jsonl", CHAT), format="chat"), llama_like, 256, 0).train[0]
+    assert chat["input_ids"][0] != 257  # a chat template writes its own BOS if it wants one
