@@ -74,6 +74,10 @@ def test_two_hosts_give_the_losses_of_one_host(hosts, tmp_path, method, strategy
 
     assert "--rdzv-backend=c10d" in outputs["host 1"] and "is_host=false" in outputs["host 1"]
     assert "world size 4" in outputs["host 0"] + outputs["host 1"]
+    # The data is prepared once per cluster: by host 0's launcher; host 1's workers load that cache entry.
+    assert "data prepared in" in outputs["host 0"] or "data reused from" in outputs["host 0"]
+    assert "node 1: node 0's launcher prepares the data" in outputs["host 1"]
+    assert "data prepared in" not in outputs["host 1"] and "data reused from" not in outputs["host 1"]
     expected, across = train_losses(tmp_path / "one-host"), train_losses(tmp_path / "two-hosts")
     assert sorted(across) == sorted(expected) == list(range(1, 9))
     for step, loss in expected.items():
