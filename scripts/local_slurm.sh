@@ -7,6 +7,7 @@
 # real, on loopback only. No accounting (slurmdbd): the sbatch backend does not need it.
 #
 # Needs root. Usage: scripts/local_slurm.sh [start|stop|status]   (default: start)
+# Exit code 3: this machine already has a Slurm configuration of its own, which the script leaves alone.
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
@@ -24,7 +25,13 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 }
 
+MARK="# Written by shardtune's scripts/local_slurm.sh"
+
 write_config() {
+    if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
+        echo "local_slurm.sh: $CONF_DIR/slurm.conf belongs to another Slurm set-up; not overwriting it" >&2
+        exit 3
+    fi
     mkdir -p "$CONF_DIR" "$STATE_DIR/ctld" "$LOG_DIR"
     for node in "${NODES[@]}"; do mkdir -p "$STATE_DIR/$node"; done
     local port=17001 node_lines=""
@@ -33,7 +40,7 @@ write_config() {
         port=$((port + 1))
     done
     cat > "$CONF_DIR/slurm.conf" <<EOF
-# Written by shardtune's scripts/local_slurm.sh: one host, two slurmd (n1, n2) on loopback.
+$MARK: one host, two slurmd (n1, n2) on loopback.
 ClusterName=shardtune-local
 SlurmctldHost=$(hostname)(127.0.0.1)
 SlurmUser=root

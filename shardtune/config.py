@@ -21,6 +21,16 @@ if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
 
 
+def launcher_log_name(node_rank) -> str:
+    """Hydra's log file of the launcher: launcher.log, launcher-node<R>.log on the other nodes of a multi-node
+    run, so that nodes sharing the run directory never write one file together."""
+    return "launcher" if int(node_rank) == 0 else f"launcher-node{node_rank}"
+
+
+if not OmegaConf.has_resolver("launcher_log_name"):
+    OmegaConf.register_new_resolver("launcher_log_name", launcher_log_name)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING

@@ -41,8 +41,8 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_train(cfg.train, device_type, world_size)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
+    _validate_cluster(cfg.cluster)  # first: cluster=slurm derives launcher fields from it
     _validate_launcher(cfg.launcher)
-    _validate_cluster(cfg.cluster)
     if cfg.logger.name not in ("none", "wandb"):
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
@@ -85,8 +85,13 @@ def _validate_launcher(launcher) -> None:
 
 
 def _validate_cluster(cluster) -> None:
+    from .config import ClusterConfig
     if cluster.name not in ("local", "slurm"):
         raise ConfigError("cluster.name", f"unknown cluster {cluster.name!r}; choose local or slurm")
+    if cluster.name == "local":
+        defaults = OmegaConf.structured(ClusterConfig)
+        for key in (key for key in cluster if key != "name" and cluster[key] != defaults[key]):
+            logging.getLogger("shardtune").warning("cluster.%s is a Slurm setting, ignored with cluster=local", key)
     if cluster.name == "slurm":
         for key in ("nodes", "signal_before_limit_s", "rdzv_port"):
             if cluster[key] < 1:

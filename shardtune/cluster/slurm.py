@@ -15,6 +15,7 @@ as Slurm knows it (NodeAddr: node names need not resolve). Slurm sends SIGUSR1 t
 `signal_before_limit_s` before the time limit; the workers save a checkpoint, write PREEMPTED and stop;
 the script then requeues the job, and the requeued job resumes from the checkpoint (resume=auto).
 """
+import logging
 import os
 import shlex
 import subprocess
@@ -26,6 +27,7 @@ from ..trainer.preemption import PREEMPTED_MARKER
 from ..validation import ConfigError
 from .rendezvous import c10d_arguments, socket_environment
 
+log = logging.getLogger("shardtune")
 SLURM_DIR = "slurm"
 SCRIPT_NAME = "job.sbatch"
 JOB_ID_FILE = "job_id"
@@ -34,6 +36,13 @@ JOB_ID_FILE = "job_id"
 def apply_allocation(cfg) -> None:
     """cluster=slurm: the launcher fields follow from the allocation the job asks for."""
     cluster, launcher = cfg.cluster, cfg.launcher
+    overridden = {"launcher.nnodes": launcher.nnodes != 1 and launcher.nnodes != cluster.nodes,
+                  "launcher.node_rank": launcher.node_rank != 0, "launcher.rdzv_endpoint": bool(launcher.rdzv_endpoint),
+                  "launcher.nproc_per_node": cluster.gpus_per_node > 0 and launcher.nproc_per_node not in
+                  (None, cluster.gpus_per_node)}
+    for key in (key for key, ignored in overridden.items() if ignored):
+        log.warning("%s is ignored with cluster=slurm: the allocation (cluster.nodes, cluster.gpus_per_node) and "
+                    "Slurm's environment decide it", key)
     launcher.nnodes = cluster.nodes
     launcher.node_rank = 0
     if cluster.gpus_per_node > 0:

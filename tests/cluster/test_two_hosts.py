@@ -17,8 +17,9 @@ from conftest import FAST, train_losses
 pytestmark = pytest.mark.cluster
 
 SUBNET = "10.231.{}".format(os.getpid() % 200 + 20)  # a /24 of its own per test process
-# Same seed, data and math on 4 ranks either way; only the order of gloo's sums may differ.
-RTOL = 2e-4
+# Same seed, data and math on 4 ranks either way (measured: identical to the last bit); the tolerance only
+# leaves room for a gloo build that orders its sums differently across hosts.
+RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,9 @@ def test_two_hosts_give_the_losses_of_one_host(hosts, tmp_path, method, strategy
         assert across[step] == pytest.approx(loss, rel=RTOL), f"step {step}"
     assert across[8] < across[1] - 0.3  # and it trained
     assert (tmp_path / "two-hosts" / "final").is_dir()
+    # The nodes share the run directory; each launcher keeps its own log.
+    assert (tmp_path / "two-hosts" / "launcher.log").is_file()
+    assert (tmp_path / "two-hosts" / "launcher-node1.log").is_file()
 
 
 def test_unreachable_rendezvous_is_reported_not_waited_on(hosts, tmp_path):

@@ -161,6 +161,12 @@ def test_batch_script_asks_for_the_allocation_signal_and_requeue(tmp_path):
     assert "--gpus-per-node" not in script  # CPU workers
 
 
+def test_bad_allocation_names_the_cluster_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        plan_launch(slurm_cfg(tmp_path, **{"cluster.nodes": 0}))
+    assert info.value.key == "cluster.nodes"
+
+
 def test_no_requeue_when_turned_off(tmp_path):
     cfg = slurm_cfg(tmp_path, **{"cluster.requeue": False})
     assert "#SBATCH --requeue" not in slurm.batch_script(cfg, plan_launch(cfg).config_path, "python")
@@ -180,3 +186,11 @@ def test_status_and_cancel_need_a_submitted_run(tmp_path):
         result = run_shardtune(command, str(tmp_path), check=False)
         assert result.returncode != 0
         assert f"shardtune: run_dir: {tmp_path} has no Slurm job" in result.stderr
+
+
+def test_settings_a_cluster_ignores_are_warned_about(tmp_path, caplog):
+    plan_launch(slurm_cfg(tmp_path, **{"cluster.nodes": 2, "launcher.nnodes": 3, "launcher.device": "cpu"}))
+    assert "launcher.nnodes is ignored with cluster=slurm" in caplog.text
+    caplog.clear()
+    plan_launch(compose_cfg(values={**CPU, "cluster.partition": "gpu", "output_dir": str(tmp_path / "local")}))
+    assert "cluster.partition is a Slurm setting, ignored with cluster=local" in caplog.text
