@@ -4,6 +4,7 @@ The dataclasses are the schema and the documentation. YAML files under conf/ onl
 option and override fields. OmegaConf refuses unknown keys and wrong types against these classes;
 `validate` (in validation.py) adds the rules that span several fields.
 """
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional
@@ -23,8 +24,10 @@ if not OmegaConf.has_resolver("asset"):
 
 def launcher_log_name(node_rank) -> str:
     """Hydra's log file of the launcher: launcher.log, launcher-node<R>.log on the other nodes of a multi-node
-    run, so that nodes sharing the run directory never write one file together."""
-    return "launcher" if int(node_rank) == 0 else f"launcher-node{node_rank}"
+    run (in an srun step, Slurm's node id), so that nodes sharing the run directory never write one file
+    together."""
+    node_rank = int(node_rank) or (int(os.environ.get("SLURM_NODEID", 0)) if "SLURM_STEP_ID" in os.environ else 0)
+    return "launcher" if node_rank == 0 else f"launcher-node{node_rank}"
 
 
 if not OmegaConf.has_resolver("launcher_log_name"):
@@ -273,7 +276,8 @@ class LauncherConfig:
     master_addr: str = "127.0.0.1"
     """Static rendezvous: address of node 0."""
     master_port: int = 0
-    """Static rendezvous port; 0 picks a free one (single node), or 29500 on several nodes."""
+    """Static rendezvous port; 0 picks a free one (single node), or 29500 on several nodes. Also the c10d port
+    in an srun step, where the endpoint is the step's first node."""
     socket_ifname: Optional[str] = None
     """Network interface(s) for NCCL and gloo traffic (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME), e.g. eth0 or
     ib0; null = the libraries choose (they may pick one the other nodes cannot reach)."""

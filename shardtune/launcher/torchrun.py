@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..cluster import slurm
+from ..cluster.environment import apply_slurm_step, slurm_step
 from ..cluster.rendezvous import (STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous, rendezvous_id,
                                   socket_environment)
 from ..cluster.slurm import shell_join
@@ -51,6 +52,8 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     if on_slurm:
         slurm.apply_allocation(cfg)
         check_devices = False
+    else:  # in `srun --ntasks-per-node=1 shardtune train ...`, Slurm's environment names the nodes
+        apply_slurm_step(cfg.launcher, cfg.launcher.master_port or STATIC_DEFAULT_PORT, slurm_step())
     device_type = detect_device(cfg.launcher.device, check_devices)
     nproc = cfg.launcher.nproc_per_node
     if nproc is None:

@@ -4,9 +4,12 @@ and the tests wait for the jobs and read what they wrote.
 
 The second run is sent the pre-time-limit signal early (`scancel --signal=USR1`, which is what Slurm's
 `--signal=USR1@N` does N seconds before the limit): it must save a checkpoint, requeue itself, resume,
-and give the uninterrupted run's losses, with W&B continuing one run and no step logged twice.
+and give the uninterrupted run's losses, with W&B continuing one run and no step logged twice. Inside an
+allocation, `srun --ntasks-per-node=1 shardtune train ...` takes nodes, rank and rendezvous from Slurm.
 """
+import os
 import subprocess
+import sys
 
 import pytest
 from cluster_env import job_finished, job_state, start_local_slurm, wait_for_job
@@ -112,3 +115,19 @@ def test_cancel_stops_a_submitted_job(slurm, tmp_path):
     wait_for_job(job_id, lambda: job_finished(job_id), deadline_s=60)
     assert job_state(job_id) == "CANCELLED"
     assert f"job {job_id}: CANCELLED" in run_shardtune("status", str(output_dir)).stdout
+
+
+def test_srun_step_takes_nodes_rank_and_rendezvous_from_slurm(slurm, tmp_path):
+    """`srun --ntasks-per-node=1 shardtune train ...` inside an allocation: one command line for every node."""
+    output_dir = tmp_path / "srun"
+    result = subprocess.run(["srun", "--nodes=2", "--ntasks-per-node=1", sys.executable, "-m", "shardtune.cli", "train",
+                             "launcher.device=cpu", "launcher.nproc_per_node=2", *FAST, f"output_dir={output_dir}"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for node in (0, 1):
+        assert f"node {node} of 2, rendezvous at 127.0.0.1:29500 (n1)" in output
+    assert "world size 4" in output
+    assert sorted(train_losses(output_dir)) == list(range(1, 9))
+    assert (output_dir / "launcher.log").is_file() and (output_dir / "launcher-node1.log").is_file()

@@ -194,3 +194,42 @@ def test_settings_a_cluster_ignores_are_warned_about(tmp_path, caplog):
     caplog.clear()
     plan_launch(compose_cfg(values={**CPU, "cluster.partition": "gpu", "output_dir": str(tmp_path / "local")}))
     assert "cluster.partition is a Slurm setting, ignored with cluster=local" in caplog.text
+
+
+# --------------------------------------------------------------------------- inside an srun step
+
+STEP = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_NODEID": "1", "SLURM_STEP_NODELIST": "gpu[07-08]"}
+
+
+@pytest.fixture
+def scontrol(monkeypatch):
+    """Slurm's answers for a step on gpu07, gpu08 (NodeAddr 10.1.0.7 for gpu07)."""
+    from shardtune.cluster import environment
+    monkeypatch.setattr(environment, "first_node", lambda node_list: {"gpu[07-08]": "gpu07"}[node_list])
+    monkeypatch.setattr(environment, "node_address", lambda node: {"gpu07": "10.1.0.7"}[node])
+
+
+def test_srun_step_gives_nodes_rank_and_rendezvous(tmp_path, monkeypatch, scontrol):
+    for name, value in STEP.items():
+        monkeypatch.setenv(name, value)
+    plan = plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)}))
+    assert plan.world_size == 4
+    for flag in ("--nnodes=2", "--rdzv-endpoint=10.1.0.7:29500", "--rdzv-id=slurm-77",
+                 "--rdzv-conf=is_host=false,join_timeout=600"):
+        assert flag in plan.command
+
+
+def test_srun_step_with_a_task_per_gpu_is_refused(tmp_path, monkeypatch, scontrol):
+    for name, value in {**STEP, "SLURM_STEP_NUM_TASKS": "16"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="use srun --ntasks-per-node=1") as info:
+        plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)}))
+    assert info.value.key == "launcher.nnodes"
+
+
+def test_a_batch_script_alone_is_not_a_step(tmp_path, monkeypatch, scontrol):
+    for name, value in STEP.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_STEP_ID")
+    assert "--standalone" in plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)})).command
