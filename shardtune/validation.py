@@ -98,6 +98,8 @@ def _validate_cluster(cluster) -> None:
                 raise ConfigError(f"cluster.{key}", f"must be >= 1, got {cluster[key]}")
         if cluster.gpus_per_node < 0:
             raise ConfigError("cluster.gpus_per_node", f"must be >= 0, got {cluster.gpus_per_node}")
+        from .cluster.slurm import check_time_limit
+        check_time_limit(cluster)
 
 
 def _validate_data(data) -> None:

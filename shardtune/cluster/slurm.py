@@ -33,6 +33,37 @@ SCRIPT_NAME = "job.sbatch"
 JOB_ID_FILE = "job_id"
 
 
+# Slurm checks time limits every 30 s and may send the warning signal that much early; the workers must be
+# running by then (a signal that arrives while they start is lost), so the limit must leave room for both.
+SIGNAL_MARGIN_S = 60
+
+
+def time_limit_seconds(time_limit: str) -> int:
+    """Seconds of a Slurm time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS."""
+    days, _, clock = time_limit.rpartition("-") if "-" in time_limit else ("0", "", time_limit)
+    parts = [int(part) for part in clock.split(":")]
+    if "-" in time_limit:  # D-HH[:MM[:SS]]
+        parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = parts
+    else:  # M, M:S or H:M:S
+        hours, minutes, seconds = ([0, parts[0], 0] if len(parts) == 1 else [0, *parts] if len(parts) == 2 else parts)
+    return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def check_time_limit(cluster) -> None:
+    if cluster.time is None or cluster.time in ("infinite", "UNLIMITED"):
+        return
+    try:
+        limit_s = time_limit_seconds(str(cluster.time))
+    except ValueError as error:
+        raise ConfigError("cluster.time", f"expected a Slurm time such as 04:00:00 or 1-12:00:00, got {cluster.time!r}") from error
+    if limit_s <= cluster.signal_before_limit_s + SIGNAL_MARGIN_S:
+        raise ConfigError("cluster.signal_before_limit_s",
+                          f"{cluster.signal_before_limit_s} s before a time limit of {limit_s} s leaves the run too "
+                          f"little time: the limit must exceed it by more than {SIGNAL_MARGIN_S} s (Slurm may signal "
+                          "30 s early, and a signal that arrives while the workers start is lost)")
+
+
 def apply_allocation(cfg) -> None:
     """cluster=slurm: the launcher fields follow from the allocation the job asks for."""
     cluster, launcher = cfg.cluster, cfg.launcher

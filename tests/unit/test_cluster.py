@@ -233,3 +233,23 @@ def test_a_batch_script_alone_is_not_a_step(tmp_path, monkeypatch, scontrol):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("SLURM_STEP_ID")
     assert "--standalone" in plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)})).command
+
+
+@pytest.mark.parametrize("limit, seconds", [("30", 1800), ("05:30", 330), ("04:00:00", 14400), ("1-12", 129600),
+                                            ("2-00:30", 174600), ("1-00:00:10", 86410)])
+def test_slurm_time_limits(limit, seconds):
+    assert slurm.time_limit_seconds(limit) == seconds
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"cluster.time": "00:05:00", "cluster.signal_before_limit_s": 300}, "cluster.signal_before_limit_s"),
+    ({"cluster.time": "4 hours"}, "cluster.time"),
+])
+def test_a_signal_the_time_limit_leaves_no_room_for_is_refused(tmp_path, values, key):
+    with pytest.raises(ConfigError) as info:
+        plan_launch(slurm_cfg(tmp_path, **values))
+    assert info.value.key == key
+
+
+def test_a_time_limit_with_room_for_the_signal_is_accepted(tmp_path):
+    plan_launch(slurm_cfg(tmp_path, **{"cluster.time": "00:02:00", "cluster.signal_before_limit_s": 50}))
