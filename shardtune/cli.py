@@ -1,8 +1,10 @@
 """`shardtune <command> [hydra overrides]`: the commands users run.
 
 train  validate the composed config, write the run directory, start torchrun workers
+       (cluster=slurm: write an sbatch script and submit it; one srun task per node runs torchrun)
 plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
-       plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N
+       plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N;
+       cluster=slurm prints the sbatch script and each node's torchrun line, and submits nothing
 data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
 data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
 
@@ -13,6 +15,8 @@ export <run_dir> [--checkpoint step-N|PATH] [--output DIR] [--dtype bf16|fp16|fp
        (LoRA/QLoRA merged, full fine-tunes consolidated); default <run_dir>/export
 eval <run_dir> [--checkpoint step-N|PATH] [--split test|validation] [--max-new-tokens N] [--compare-base] ...
        loss, perplexity, and greedy-generation exact match and ROUGE-L on held-out rows; writes <run_dir>/eval.json
+status <run_dir>   the Slurm job of a run submitted with cluster=slurm: its state, log and last logged step
+cancel <run_dir>   cancel that Slurm job (scancel)
 """
 import importlib
 import json
@@ -44,16 +48,46 @@ def prepare_data(cfg: DictConfig, rebuild: bool = False):
 
 
 def train(cfg: DictConfig) -> None:
-    from .launcher.torchrun import plan_launch, refuse_existing_run, run_torchrun, write_run_config
+    from .launcher.torchrun import plan_launch, refuse_existing_run, write_run_config
     plan = plan_launch(cfg)
     refuse_existing_run(cfg, plan.config_path.parent)  # before the data work, which may take a while
-    prepare_data(cfg)
+    if cfg.cluster.name == "local":
+        from .cluster.rendezvous import check_rendezvous_reachable
+        check_rendezvous_reachable(cfg.launcher, log)  # other nodes: fail clearly rather than hang in torchrun
+    if cfg.launcher.node_rank == 0:
+        prepare_data(cfg)  # once per cluster: the workers of every node load this cache entry
+    else:
+        log.info("node %d: node 0's launcher prepares the data; the workers load it from the cache (or build "
+                 "it where this node does not share node 0's cache directory)", cfg.launcher.node_rank)
     write_run_config(cfg, plan)
-    log.info("run directory %s; %d workers (%s): %s", plan.config_path.parent, plan.world_size, plan.device_type,
+    if cfg.cluster.name == "slurm":
+        submit_to_slurm(cfg, plan)
+    else:
+        run_locally(cfg, plan)
+
+
+def run_locally(cfg: DictConfig, plan) -> None:
+    from .cluster.slurm import PREEMPTED_MARKER
+    from .launcher.torchrun import run_torchrun
+    output_dir = plan.config_path.parent
+    log.info("run directory %s; %d workers (%s): %s", output_dir, plan.world_size, plan.device_type,
              plan.command_line())
-    returncode = run_torchrun(plan)
+    returncode = run_torchrun(plan, cfg.launcher)
     if returncode:
-        sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {plan.config_path.parent}")
+        sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {output_dir}")
+    if (output_dir / PREEMPTED_MARKER).exists():
+        log.info("stopped on SIGUSR1 after saving a checkpoint; continue with: shardtune train ... "
+                 "output_dir=%s resume=auto", output_dir)
+
+
+def submit_to_slurm(cfg: DictConfig, plan) -> None:
+    from .cluster import slurm
+    script = slurm.write_batch_script(cfg, plan.config_path, sys.executable)
+    job_id = slurm.submit(script)
+    output_dir = plan.config_path.parent
+    print(f"submitted Slurm job {job_id}: {cfg.cluster.nodes} node(s) x {plan.nproc_per_node} worker(s)\n"
+          f"  script  {script}\n  log     {slurm.log_path(output_dir, job_id)}\n"
+          f"  status  shardtune status {output_dir}\n  cancel  shardtune cancel {output_dir}", flush=True)
 
 
 def plan(cfg: DictConfig) -> None:
@@ -65,7 +99,13 @@ def plan(cfg: DictConfig) -> None:
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
     print(f"global batch: {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {launch.world_size} = "
           f"{cfg.train.micro_batch_size * cfg.train.grad_accum * launch.world_size} sequences of <= {cfg.train.seq_len} tokens")
-    print(f"command: {launch.command_line()}")
+    if cfg.cluster.name == "slurm":
+        from .cluster.slurm import SCRIPT_NAME, SLURM_DIR, batch_script
+        print(f"each node (one srun task per node): {launch.command_line()}")
+        print(f"sbatch script ({launch.config_path.parent / SLURM_DIR / SCRIPT_NAME}; nothing submitted):")
+        print(batch_script(cfg, launch.config_path, sys.executable))
+    else:
+        print(f"command: {launch.command_line()}")
     if "stage" in cfg.strategy:
         from .trainer.model import DTYPES
         from .trainer.strategies.deepspeed import deepspeed_config
@@ -107,7 +147,10 @@ def take_flags(argv: list, names: dict) -> dict:
     return found
 # Commands that read an existing run directory parse their own arguments (argparse, no Hydra): name ->
 # "module:function", called with the arguments after the name; imported only when run.
-ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command", "eval": "shardtune.evaluation.command:eval_command"}
+ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command",
+                     "eval": "shardtune.evaluation.command:eval_command",
+                     "status": "shardtune.cluster.commands:status_command",
+                     "cancel": "shardtune.cluster.commands:cancel_command"}
 
 
 def main() -> None:

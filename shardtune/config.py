@@ -4,6 +4,7 @@ The dataclasses are the schema and the documentation. YAML files under conf/ onl
 option and override fields. OmegaConf refuses unknown keys and wrong types against these classes;
 `validate` (in validation.py) adds the rules that span several fields.
 """
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional
@@ -19,6 +20,18 @@ def asset_path(name: str) -> str:
 
 if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
+
+
+def launcher_log_name(node_rank) -> str:
+    """Hydra's log file of the launcher: launcher.log, launcher-node<R>.log on the other nodes of a multi-node
+    run (in an srun step, Slurm's node id), so that nodes sharing the run directory never write one file
+    together."""
+    node_rank = int(node_rank) or (int(os.environ.get("SLURM_NODEID", 0)) if "SLURM_STEP_ID" in os.environ else 0)
+    return "launcher" if node_rank == 0 else f"launcher-node{node_rank}"
+
+
+if not OmegaConf.has_resolver("launcher_log_name"):
+    OmegaConf.register_new_resolver("launcher_log_name", launcher_log_name)
 
 
 @dataclass
@@ -245,15 +258,66 @@ class LauncherConfig:
     device: str = "auto"
     """auto, cuda or cpu."""
     nnodes: int = 1
+    """Nodes in the run (the most that may join, with min_nodes)."""
+    min_nodes: Optional[int] = None
+    """Elastic runs (c10d rendezvous only): start once this many nodes have joined; null = nnodes."""
     node_rank: int = 0
+    """This node's rank. Static rendezvous: its place in the run. c10d: node 0 hosts the rendezvous store;
+    torchrun assigns the ranks."""
+    rdzv_endpoint: Optional[str] = None
+    """host:port of torchrun's c10d rendezvous (port default 29400), the same on every node; set it to use
+    c10d. null = static rendezvous on master_addr:master_port."""
+    rdzv_id: Optional[str] = None
+    """Id that every node of one run shares (c10d); null = derived from output_dir (the Slurm job id on Slurm)."""
+    rdzv_timeout_s: int = 600
+    """How long torchrun waits for all nodes to join the rendezvous before giving up (c10d)."""
+    max_restarts: int = 0
+    """Times torchrun restarts the whole worker group after a worker fails."""
     master_addr: str = "127.0.0.1"
+    """Static rendezvous: address of node 0."""
     master_port: int = 0
-    """Rendezvous port; 0 picks a free one (single node only)."""
+    """Static rendezvous port; 0 picks a free one (single node), or 29500 on several nodes. Also the c10d port
+    in an srun step, where the endpoint is the step's first node."""
+    socket_ifname: Optional[str] = None
+    """Network interface(s) for NCCL and gloo traffic (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME), e.g. eth0 or
+    ib0; null = the libraries choose (they may pick one the other nodes cannot reach)."""
+    local_addr: Optional[str] = None
+    """The address other nodes reach this node at (torchrun --local-addr); null = torchrun's choice (the
+    host name). Set it where host names do not resolve."""
+    rdzv_check_timeout_s: float = 60.0
+    """Multi-node: before starting torchrun, wait at most this long for the rendezvous endpoint to accept a
+    TCP connection, and stop with a clear error if it does not (instead of hanging); 0 skips the check."""
 
 
 @dataclass
 class ClusterConfig:
     name: str = "local"
+    """local (torchrun on this machine; several nodes by hand) or slurm (sbatch, one srun task per node)."""
+    nodes: int = 1
+    """slurm: nodes to allocate (sets launcher.nnodes)."""
+    gpus_per_node: int = 0
+    """slurm: GPUs per node, one worker each; 0 = CPU workers (launcher.nproc_per_node or cpu_workers)."""
+    cpus_per_task: Optional[int] = None
+    """slurm: CPUs for each node's task (torchrun and its workers); null = Slurm's default."""
+    partition: Optional[str] = None
+    """slurm: partition; null = the cluster's default."""
+    time: Optional[str] = None
+    """slurm: time limit, e.g. 04:00:00; null = the partition's."""
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    job_name: Optional[str] = None
+    """slurm: null = the run directory's name."""
+    signal_before_limit_s: int = 300
+    """slurm: seconds before the time limit at which Slurm sends SIGUSR1; workers then save a checkpoint, and
+    the job requeues itself and resumes from it. Leave room for one step and a checkpoint."""
+    requeue: bool = True
+    """slurm: requeue the job after a preemption checkpoint."""
+    rdzv_port: int = 29500
+    """slurm: port of the c10d rendezvous on the first node."""
+    sbatch_options: List[str] = field(default_factory=list)
+    """slurm: extra #SBATCH options, e.g. ["--exclusive", "--mem=0"]."""
+    setup: List[str] = field(default_factory=list)
+    """slurm: shell lines run on each node before torchrun, e.g. ["module load cuda/12.4", "source venv/bin/activate"]."""
 
 
 @dataclass

@@ -41,6 +41,8 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_train(cfg.train, device_type, world_size)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
+    _validate_cluster(cfg.cluster)  # first: cluster=slurm derives launcher fields from it
+    _validate_launcher(cfg.launcher)
     if cfg.logger.name not in ("none", "wandb"):
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
@@ -63,6 +65,41 @@ def _validate_schema(cfg) -> None:
         except OmegaConfBaseException as error:
             key = prefix + (error.full_key or "")
             raise ConfigError(key.rstrip("."), f"not accepted by the schema: {str(error).splitlines()[0]}") from error
+
+
+def _validate_launcher(launcher) -> None:
+    if launcher.nnodes < 1:
+        raise ConfigError("launcher.nnodes", f"must be >= 1, got {launcher.nnodes}")
+    if not 0 <= launcher.node_rank < launcher.nnodes:
+        raise ConfigError("launcher.node_rank", f"must be in [0, nnodes={launcher.nnodes}), got {launcher.node_rank}")
+    if launcher.min_nodes is not None:
+        if not launcher.rdzv_endpoint:
+            raise ConfigError("launcher.min_nodes", "elastic node counts need the c10d rendezvous: set launcher.rdzv_endpoint")
+        if not 1 <= launcher.min_nodes <= launcher.nnodes:
+            raise ConfigError("launcher.min_nodes", f"must be in [1, nnodes={launcher.nnodes}], got {launcher.min_nodes}")
+    if launcher.rdzv_endpoint:
+        from .cluster.rendezvous import split_endpoint
+        split_endpoint(launcher.rdzv_endpoint)
+    if launcher.max_restarts < 0:
+        raise ConfigError("launcher.max_restarts", f"must be >= 0, got {launcher.max_restarts}")
+
+
+def _validate_cluster(cluster) -> None:
+    from .config import ClusterConfig
+    if cluster.name not in ("local", "slurm"):
+        raise ConfigError("cluster.name", f"unknown cluster {cluster.name!r}; choose local or slurm")
+    if cluster.name == "local":
+        defaults = OmegaConf.structured(ClusterConfig)
+        for key in (key for key in cluster if key != "name" and cluster[key] != defaults[key]):
+            logging.getLogger("shardtune").warning("cluster.%s is a Slurm setting, ignored with cluster=local", key)
+    if cluster.name == "slurm":
+        for key in ("nodes", "signal_before_limit_s", "rdzv_port"):
+            if cluster[key] < 1:
+                raise ConfigError(f"cluster.{key}", f"must be >= 1, got {cluster[key]}")
+        if cluster.gpus_per_node < 0:
+            raise ConfigError("cluster.gpus_per_node", f"must be >= 0, got {cluster.gpus_per_node}")
+        from .cluster.slurm import check_time_limit
+        check_time_limit(cluster)
 
 
 def _validate_data(data) -> None:

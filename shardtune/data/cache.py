@@ -124,11 +124,7 @@ def prepare(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False)
 
 def prepare_in_workers(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[PreparedData, Path]:
     """Collective: every rank calls it and gets the same splits, built at most once per filesystem."""
-    import torch.distributed as dist
+    from ..cluster.shared_fs import write_once_per_filesystem
     path = entry_path(data_cfg, tokenizer, seq_len, seed)
-    builders = (dist.get_rank() == 0, int(os.environ.get("LOCAL_RANK", 0)) == 0)
-    for is_builder in builders:  # global rank 0 first; then each node's first rank if still missing
-        if is_builder and not is_complete(path):
-            prepare(data_cfg, tokenizer, seq_len, seed)
-        dist.barrier()
+    write_once_per_filesystem(lambda: is_complete(path), lambda: prepare(data_cfg, tokenizer, seq_len, seed))
     return load_entry(path), path

@@ -1,6 +1,5 @@
 """Resolve what a run needs on this machine, write the run directory, and start torchrun."""
 import os
-import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -9,6 +8,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from ..cluster import slurm
+from ..cluster.environment import apply_slurm_step, slurm_step
+from ..cluster.rendezvous import (STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous, rendezvous_id,
+                                  socket_environment)
+from ..cluster.slurm import shell_join
 from ..validation import ConfigError, validate
 
 # Files that mean output_dir already holds a run, which a fresh start (resume=none) would clobber.
@@ -24,7 +28,7 @@ class LaunchPlan:
     command: list
 
     def command_line(self) -> str:
-        return shlex.join(self.command)
+        return shell_join(self.command)
 
 
 def detect_device(setting: str, check_devices: bool = True) -> str:
@@ -41,8 +45,15 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     """Validate `cfg` and fill in the machine-dependent fields (device, workers, precision). No side effects.
 
     check_devices=False plans for GPUs this machine does not have (a login node): give
-    launcher.device=cuda and launcher.nproc_per_node.
+    launcher.device=cuda and launcher.nproc_per_node. cluster=slurm plans for the allocation it asks for
+    (cluster.nodes, cluster.gpus_per_node) and its command is what each node's srun task runs.
     """
+    on_slurm = cfg.cluster.name == "slurm"
+    if on_slurm:
+        slurm.apply_allocation(cfg)
+        check_devices = False
+    else:  # in `srun --ntasks-per-node=1 shardtune train ...`, Slurm's environment names the nodes
+        apply_slurm_step(cfg.launcher, cfg.launcher.master_port or STATIC_DEFAULT_PORT, slurm_step())
     device_type = detect_device(cfg.launcher.device, check_devices)
     nproc = cfg.launcher.nproc_per_node
     if nproc is None:
@@ -61,17 +72,26 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     if cfg.train.precision == "auto":
         cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
     config_path = Path(cfg.output_dir).absolute() / "config.yaml"
-    return LaunchPlan(device_type, nproc, world_size, config_path, torchrun_command(cfg, config_path))
+    command = slurm.node_command(cfg, config_path, sys.executable) if on_slurm else torchrun_command(cfg, config_path)
+    return LaunchPlan(device_type, nproc, world_size, config_path, command)
 
 
 def torchrun_command(cfg, config_path: Path) -> list:
     launcher = cfg.launcher
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launcher.nproc_per_node}"]
-    if launcher.nnodes == 1 and launcher.master_port == 0:
+    if launcher.rdzv_endpoint:
+        is_host = "true" if hosts_rendezvous(launcher) else "false"
+        command += c10d_arguments(launcher.nnodes, launcher.min_nodes, launcher.rdzv_endpoint,
+                                  rendezvous_id(launcher, cfg.output_dir), is_host, launcher.rdzv_timeout_s)
+    elif launcher.nnodes == 1 and launcher.master_port == 0:
         command.append("--standalone")  # rendezvous on a free local port
     else:
         command += [f"--nnodes={launcher.nnodes}", f"--node-rank={launcher.node_rank}",
-                    f"--master-addr={launcher.master_addr}", f"--master-port={launcher.master_port or 29500}"]
+                    f"--master-addr={launcher.master_addr}", f"--master-port={launcher.master_port or STATIC_DEFAULT_PORT}"]
+    if launcher.max_restarts:
+        command.append(f"--max-restarts={launcher.max_restarts}")
+    if launcher.local_addr:
+        command.append(f"--local-addr={launcher.local_addr}")
     return command + ["-m", "shardtune.trainer.worker", str(config_path)]
 
 
@@ -83,18 +103,34 @@ def refuse_existing_run(cfg, output_dir: Path) -> None:
 
 
 def write_run_config(cfg, plan: LaunchPlan) -> None:
-    """Write the resolved config the workers read; refuse to start over an earlier run's outputs."""
+    """Write the resolved config the workers read; refuse to start over an earlier run's outputs.
+
+    The data cache directory is written out resolved, so every worker on every node loads the entry the
+    launcher prepared. Another node of a multi-node run writes the file only where it is missing (a run
+    directory that is not shared); on a shared one node 0's copy serves all.
+    """
     output_dir = plan.config_path.parent
     refuse_existing_run(cfg, output_dir)
+    if cfg.launcher.node_rank > 0 and plan.config_path.exists():
+        return
+    from ..data.cache import cache_root
+    cfg.data.cache_dir = str(cache_root(cfg.data).absolute())
+    if cfg.cluster.name == "slurm" and cfg.resume == "none":
+        cfg.resume = "auto"  # a requeued job continues from its checkpoint; the first finds none and starts
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = plan.config_path.with_suffix(".yaml.tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, plan.config_path)
 
 
-def run_torchrun(plan: LaunchPlan) -> int:
+def worker_environment(plan: LaunchPlan, launcher) -> dict:
     env = dict(os.environ)
     if plan.device_type == "cpu":
         # Share the cores between the workers instead of each one spawning a thread per core.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
-    return subprocess.call(plan.command, env=env)
+    env.update(socket_environment(launcher))
+    return env
+
+
+def run_torchrun(plan: LaunchPlan, launcher) -> int:
+    return subprocess.call(plan.command, env=worker_environment(plan, launcher))

@@ -5,13 +5,13 @@ A randomly initialised model (model.init=random) is written once into the run di
 loaded like any pretrained one: every rank and every strategy starts from the same weights, quantization
 works the same way, and a resumed run finds its frozen base again.
 """
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from ..cluster.shared_fs import write_directory_atomically, write_once_per_filesystem
 from .checkpoint import COMPLETE_MARKER
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,16 +46,22 @@ def decoder_layers(model: torch.nn.Module) -> list:
 def materialize_random_init(cfg, dtype: torch.dtype) -> str:
     """Write a seeded random model for cfg.model.architecture into the run directory once; return its path.
 
-    One rank per node writes (torch.distributed must be up); the others wait at the barrier.
+    Collective (torch.distributed must be up): one rank writes per filesystem, so several nodes sharing
+    the run directory write it once; the others wait.
     """
     path = Path(cfg.output_dir, RANDOM_INIT_DIR)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and not (path / COMPLETE_MARKER).exists():
+
+    def write(staging: Path) -> None:
         config = AutoConfig.for_model(**cfg.model.architecture)
         torch.manual_seed(cfg.train.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.save_pretrained(path)
-        (path / COMPLETE_MARKER).touch()
-    dist.barrier()
+        model.save_pretrained(staging)
+        (staging / COMPLETE_MARKER).touch()
+
+    def is_complete() -> bool:
+        return (path / COMPLETE_MARKER).exists()
+
+    write_once_per_filesystem(is_complete, lambda: write_directory_atomically(path, write, is_complete))
     return str(path)
 
 

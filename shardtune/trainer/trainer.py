@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, prepare_in_workers
 from ..data.tokenize import IGNORE_INDEX
-from . import checkpoint
+from . import checkpoint, preemption
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
 from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
@@ -47,6 +47,7 @@ class Trainer:
         self.dtype = DTYPES[cfg.train.precision]
         self.strategy = make_strategy(cfg, self.device, self.dtype)
         self.metrics = None
+        self.preemption = preemption.PreemptionRequest()  # early, so a signal during set-up counts too
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
         self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
@@ -55,8 +56,8 @@ class Trainer:
     def run(self) -> None:
         try:
             self.setup()
-            self.train()
-            self.finish()
+            if self.train():
+                self.finish()
         finally:
             self.close()
 
@@ -85,6 +86,7 @@ class Trainer:
             flops_per_token(self.model_config, cfg.train.seq_len, self.num_params, self.num_trainable_params),
             peak_flops(self.device), self.world_size, self.device)
         if self.rank == 0:
+            preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
             log.info("%s: %s params (%s trainable), %d steps, world size %d", where, f"{self.num_params:,}",
                      f"{self.num_trainable_params:,}", self.total_steps, self.world_size)
@@ -120,7 +122,8 @@ class Trainer:
             epoch, offset = epoch + 1, 0
 
     # -- the loop --------------------------------------------------------------------------
-    def train(self) -> None:
+    def train(self) -> bool:
+        """Run the steps; False when stopped early by SIGUSR1 (after saving a checkpoint)."""
         cfg, strategy = self.cfg, self.strategy
         stream = self.data_stream()
         loss_sum = torch.zeros((), device=self.device)  # token losses since the last log, this rank
@@ -132,10 +135,13 @@ class Trainer:
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
+            # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1), so all of
+            # them stop after this step.
             counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b.pop("num_tokens"))]
-                                   for b in micro_batches], device=self.device).sum(0)
+                                   for b in micro_batches]).sum(0).tolist()
+            counts = torch.tensor([*counts, int(self.preemption.requested)], device=self.device)
             dist.all_reduce(counts)
-            label_tokens, input_tokens = counts.tolist()
+            label_tokens, input_tokens, stop_requests = counts.tolist()
             # Each rank's gradients are averaged over ranks, hence the share of the tokens per rank.
             tokens_per_rank = label_tokens / self.world_size
             lr = strategy.optimizer.param_groups[0]["lr"]
@@ -162,8 +168,24 @@ class Trainer:
                 label_tokens_since_log = 0
             if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < self.total_steps:
                 self.evaluate()
-            if cfg.train.save_interval and self.step % cfg.train.save_interval == 0:
+            saved = cfg.train.save_interval and self.step % cfg.train.save_interval == 0
+            if saved:
                 self.save_checkpoint()
+            if stop_requests and self.step < self.total_steps:
+                self.stop_early(already_saved=saved)
+                return False
+        return True
+
+    def stop_early(self, already_saved: bool) -> None:
+        """SIGUSR1 reached some rank: save a complete checkpoint (collective) and leave the marker that
+        tells Slurm's batch script to requeue; the requeued run resumes here with resume=auto."""
+        path = checkpoint.checkpoint_root(self.cfg.output_dir) / f"step-{self.step}"
+        if not already_saved:
+            path = self.save_checkpoint()
+        if self.rank == 0:
+            preemption.write_marker(self.cfg.output_dir, path)
+            log.info("stopping at step %d on SIGUSR1: checkpoint %s saved; resume=auto continues from it",
+                     self.step, path)
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -1,0 +1,69 @@
+"""`shardtune status <run_dir>` and `shardtune cancel <run_dir>`: the Slurm job of a run submitted with
+cluster=slurm, found through the job id the submission left in <run_dir>/slurm/job_id."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..validation import ConfigError
+from .slurm import JOB_ID_FILE, SLURM_DIR, log_path, run_slurm_command
+
+
+def job_id_of(run_dir: Path) -> str:
+    path = run_dir / SLURM_DIR / JOB_ID_FILE
+    if not path.is_file():
+        sys.exit(f"shardtune: run_dir: {run_dir} has no Slurm job ({path} is missing); was it submitted with "
+                 "cluster=slurm?")
+    return path.read_text().strip()
+
+
+def job_state(job_id: str) -> dict:
+    """Slurm's fields of a job (JobState, Reason, RunTime, TimeLimit, NodeList, Restarts, ...), or {} when
+    Slurm no longer knows it (finished longer ago than its MinJobAge)."""
+    try:
+        text = run_slurm_command(["scontrol", "show", "job", "--oneliner", job_id])
+    except ConfigError as error:
+        if "Invalid job id" in str(error):
+            return {}
+        raise
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def last_logged_step(run_dir: Path):
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1])["step"] if lines else None
+
+
+def status_command(argv) -> None:
+    parser = argparse.ArgumentParser(prog="shardtune status", description="State of a run's Slurm job.")
+    parser.add_argument("run_dir", type=Path)
+    run_dir = parser.parse_args(argv).run_dir.absolute()
+    job_id = job_id_of(run_dir)
+    try:
+        fields = job_state(job_id)
+    except ConfigError as error:
+        sys.exit(f"shardtune: {error}")
+    if fields:
+        state = f"{fields.get('JobState')} (reason {fields.get('Reason')}), run time {fields.get('RunTime')} of " \
+                f"{fields.get('TimeLimit')}, nodes {fields.get('NodeList')}, restarts {fields.get('Restarts', 0)}"
+    else:
+        state = "no longer known to Slurm (finished a while ago)"
+    print(f"job {job_id}: {state}")
+    print(f"log: {log_path(run_dir, job_id)}")
+    step = last_logged_step(run_dir)
+    print(f"last logged step: {step if step is not None else 'none yet'}; final model: "
+          f"{'written' if (run_dir / 'final').is_dir() else 'not yet'}")
+
+
+def cancel_command(argv) -> None:
+    parser = argparse.ArgumentParser(prog="shardtune cancel", description="Cancel a run's Slurm job.")
+    parser.add_argument("run_dir", type=Path)
+    run_dir = parser.parse_args(argv).run_dir.absolute()
+    job_id = job_id_of(run_dir)
+    try:
+        run_slurm_command(["scancel", job_id])
+    except ConfigError as error:
+        sys.exit(f"shardtune: {error}")
+    print(f"cancelled Slurm job {job_id} ({run_dir}); continue it later with: shardtune train ... "
+          f"cluster=slurm output_dir={run_dir} resume=auto")
