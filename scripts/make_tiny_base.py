@@ -55,19 +55,19 @@ def train(run_dir: Path, overrides: list) -> float:
     return time.time() - started
 
 
-def write_base(final_dir: Path, target: Path) -> None:
-    """bf16 weights, config and generation config, plus the tiny tokenizer: a complete model directory."""
+def write_base(final_dir: Path, parent: Path) -> Path:
+    """A new directory under `parent` with bf16 weights, config and generation config, plus the tiny
+    tokenizer: a complete model directory."""
     model = AutoModelForCausalLM.from_pretrained(final_dir, dtype=torch.bfloat16)
     model.config.use_cache = True  # training turned it off; whoever generates with the base wants it
-    staging = Path(tempfile.mkdtemp(prefix="tiny-base-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix="tiny-base-", dir=parent))
     model.save_pretrained(staging, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER_DIR / name, staging / name)
     staging.chmod(0o755)  # mkdtemp makes it private; an installed package must be readable by all
     for path in staging.iterdir():
         path.chmod(0o644)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    return staging
 
 
 def score_base(base_dir: Path) -> dict:
@@ -117,12 +117,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "tiny-base",
                         help="run directory of the pretraining (default: runs/tiny-base)")
+    parser.add_argument("--output", type=Path, default=BASE_DIR, help=f"where the base goes (default: {BASE_DIR})")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for the pretraining, e.g. train.seed=7")
     args = parser.parse_args()
-    run_dir = args.run_dir.resolve()
+    run_dir, output = args.run_dir.resolve(), args.output.resolve()
     train_wall_s = train(run_dir, args.overrides)
-    write_base(run_dir / "final", BASE_DIR)
-    scores = score_base(BASE_DIR)
+    # Written and scored beside the output first: a base that fails the checks replaces nothing.
+    staging = write_base(run_dir / "final", output.parent)
+    scores = score_base(staging)
     skills = {name: value for name, value in scores.items() if name != REVERSE_INSTRUCTION}
     card = {
         "made_by": "scripts/make_tiny_base.py",
@@ -131,16 +133,18 @@ def main() -> None:
         "train_wall_s": round(train_wall_s, 1) or None,
         **metrics_summary(run_dir),
         "dtype": "bfloat16",
-        "size_bytes": (BASE_DIR / "model.safetensors").stat().st_size,
+        "size_bytes": (staging / "model.safetensors").stat().st_size,
         "exact_match_on_held_out_words": scores,
     }
-    (BASE_DIR / "base_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (staging / "base_card.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(card, indent=2))
     if min(skills.values()) < SKILL_MIN or scores[REVERSE_INSTRUCTION] > REVERSAL_MAX:
-        shutil.rmtree(BASE_DIR)
-        sys.exit(f"not shipped: skills must reach {SKILL_MIN} and reversal stay <= {REVERSAL_MAX}; "
-                 f"train longer or with another seed: python scripts/make_tiny_base.py --run-dir <new> train.seed=7")
-    print(f"wrote {BASE_DIR}")
+        sys.exit(f"not written to {output}: skills must reach {SKILL_MIN} and reversal stay <= {REVERSAL_MAX} "
+                 f"(the base is in {staging}); train longer or with another seed: "
+                 f"python scripts/make_tiny_base.py --run-dir <new> train.seed=7")
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":
