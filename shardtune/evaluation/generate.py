@@ -53,9 +53,9 @@ def greedy_generate(model, tokenizer, prompts: List[str], max_new_tokens: int, b
 def greedy_token_ids(model, tokenizer, prompts: List[str], max_new_tokens: int, batch_size: int = 16) -> List[List[int]]:
     """The new token ids of each prompt's greedy completion, up to (not including) the first stop token.
 
-    Prompts are tokenized by `encode_prompts`. Each batch is left-padded:
-    every prompt then ends at the same position, where generation starts. Prompts are batched in order
-    of length to keep padding small; the answers come back in the order of `prompts`.
+    Prompts are tokenized by `encode_prompts`. Each batch is left-padded: every prompt then ends at the
+    same position, where generation starts. Prompts are batched in order of length to keep padding
+    small; the answers come back in the order of `prompts`.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")

@@ -2,8 +2,8 @@
 from about 0 (the shipped tiny base never saw reversal) to at least 0.8, with full fine-tuning, LoRA
 and QLoRA, each in the 100 steps of experiment=reverse_words on 2 gloo workers (docs/learning_demo.md).
 
-About 30-40 s per method on 2 CPU cores: the optimizer steps take 13-20 s, the rest is start-up,
-evaluation and export."""
+20-30 s per method on 2 CPU cores, 75 s for the three (measured in a whole-suite run; 3.3 min while two
+other jobs shared the cores): about half is optimizer steps, the rest start-up, evaluation and export."""
 import pytest
 import torch
 
