@@ -2,8 +2,8 @@
 
 The demo shows fine-tuning teaching a skill the model lacks, measured by exact match on held-out rows:
 
-  reverse_words_train.jsonl  4000 rows  "Reverse the word." on a 3-6 letter lowercase word: the task to learn
-  reverse_words_test.jsonl    200 rows  the same task on other words: exact match before and after
+  reverse_words/train.jsonl  4000 rows  "Reverse the word." on a 3-6 letter lowercase word: the task to learn
+  reverse_words/test.jsonl    200 rows  the same task on other words: exact match before and after
   string_skills.jsonl        8000 rows  other instructions on 3-8 letter words (copy, uppercase, shift, sort,
                                         swap the ends, repeat), never reversal: what `scripts/make_tiny_base.py`
                                         pretrains the tiny base on, so that LoRA has embeddings, an output head
@@ -91,8 +91,9 @@ def main() -> None:
     test_words = reversible_words(rng, NUM_TEST_ROWS, exclude=set())
     train_words = reversible_words(rng, NUM_TRAIN_ROWS, exclude=set(test_words))
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    write_jsonl("reverse_words_test.jsonl", [reverse_row(word) for word in test_words])
-    write_jsonl("reverse_words_train.jsonl", [reverse_row(word) for word in train_words])
+    (DATA_DIR / "reverse_words").mkdir(exist_ok=True)  # a dataset with its own train and test splits
+    write_jsonl("reverse_words/test.jsonl", [reverse_row(word) for word in test_words])
+    write_jsonl("reverse_words/train.jsonl", [reverse_row(word) for word in train_words])
     write_jsonl("string_skills.jsonl", skill_rows(rng, NUM_SKILL_ROWS, exclude=set(test_words)))
 
 

@@ -31,13 +31,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from make_task_data import REVERSE_INSTRUCTION, SKILLS
 
 from shardtune.config import asset_path
-from shardtune.data.instruct import load_rows
-from shardtune.evaluation.instructions import evaluate_rows
+from shardtune.data.formats import format_prompt
+from shardtune.evaluation import greedy_generate, mean_scores
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_DIR = Path(asset_path("tiny-base"))
 TOKENIZER_DIR = Path(asset_path("tiny-tokenizer"))
-TEST_PATH = Path(asset_path("data/reverse_words_test.jsonl"))
+TEST_PATH = Path(asset_path("data/reverse_words/test.jsonl"))
 TRAIN_COMMAND = [sys.executable, "-m", "shardtune.cli", "train", "experiment=tiny_base"]
 # What the base is made from (git pathspecs), for base_card.json's commit: the scripts and shardtune itself.
 BASE_INPUTS = ["scripts/make_tiny_base.py", "scripts/make_task_data.py", "shardtune", ":(exclude)shardtune/assets/tiny-base"]
@@ -75,11 +75,12 @@ def score_base(base_dir: Path) -> dict:
     per pretraining skill and for reversal."""
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    words = [row["input"] for row in load_rows(TEST_PATH)]
+    words = [json.loads(line)["input"] for line in TEST_PATH.read_text().splitlines()]
     scores = {}
     for instruction, answer in [*dict(SKILLS).items(), (REVERSE_INSTRUCTION, lambda word: word[::-1])]:
-        rows = [{"instruction": instruction, "input": word, "output": answer(word)} for word in words]
-        scores[instruction] = evaluate_rows(model, tokenizer, rows, max_new_tokens=20)["exact_match"]
+        predictions = greedy_generate(model, tokenizer, [format_prompt(instruction, word) for word in words],
+                                      max_new_tokens=20, batch_size=64)
+        scores[instruction] = mean_scores(predictions, [answer(word) for word in words])["exact_match"]
     return scores
 
 

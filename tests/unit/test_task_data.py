@@ -10,7 +10,7 @@ from conftest import compose_cfg
 from shardtune.config import asset_path
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_FILES = ("reverse_words_train.jsonl", "reverse_words_test.jsonl", "string_skills.jsonl")
+DATA_FILES = ("reverse_words/train.jsonl", "reverse_words/test.jsonl", "string_skills.jsonl")
 
 
 def load_script(name: str):
@@ -33,13 +33,13 @@ def test_script_writes_the_shipped_files(tmp_path, monkeypatch):
 
 
 def test_test_words_are_in_no_training_file():
-    test_words = {row["input"] for row in read_rows("reverse_words_test.jsonl")}
+    test_words = {row["input"] for row in read_rows("reverse_words/test.jsonl")}
     assert len(test_words) == 200
-    for name in ("reverse_words_train.jsonl", "string_skills.jsonl"):
+    for name in ("reverse_words/train.jsonl", "string_skills.jsonl"):
         assert not test_words & {row["input"] for row in read_rows(name)}, name
 
 
-@pytest.mark.parametrize("name", ["reverse_words_train.jsonl", "reverse_words_test.jsonl"])
+@pytest.mark.parametrize("name", ["reverse_words/train.jsonl", "reverse_words/test.jsonl"])
 def test_reversal_rows_are_reversals_of_non_palindromes(name):
     for row in read_rows(name):
         assert row["instruction"] == "Reverse the word." and row["output"] == row["input"][::-1]
