@@ -6,7 +6,9 @@ import pytest
 
 from conftest import FAST, read_metrics, run_shardtune, train_losses
 
-CASES = [("lora", "ddp"), ("lora", "fsdp"), ("full", "zero3"), ("qlora", "fsdp")]
+# LoRA on DDP resumes through the same torch.distributed.checkpoint code as LoRA on FSDP (and the matrix
+# and export tests load its checkpoints); it is left out to keep the suite short.
+CASES = [("lora", "fsdp"), ("full", "zero3"), ("qlora", "fsdp")]
 
 
 @pytest.mark.parametrize("pair", CASES, ids=lambda p: "-".join(p))
