@@ -46,6 +46,10 @@ SlurmctldHost=$(hostname)(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it may start again, so that the credentials revoked for
+# its first run have expired on the nodes (the default, 120 s, makes the requeue test slow; starting the
+# job earlier by hand fails with "Job credential revoked").
+AuthInfo=cred_expire=10
 CryptoType=crypto/munge
 MpiDefault=none
 # No cgroups in a container: track processes by their parent, bind nothing.
