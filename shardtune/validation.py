@@ -104,6 +104,7 @@ def _validate_cluster(cluster) -> None:
 
 def _validate_data(data) -> None:
     from .data.formats import FORMATS
+    from .data.prepare import sources
     from .data.sources import looks_local
     formats = (*FORMATS, "random_tokens")
     if data.format not in formats:
@@ -124,20 +125,19 @@ def _validate_data(data) -> None:
     if bool(data.path) == bool(data.mix):
         raise ConfigError("data.path", "give a dataset in data.path, or several in data.mix, not both"
                           if data.mix else "no dataset: set data.path (a file, a directory or a hub dataset name)")
-    sources = [(f"data.mix.{i}.", s) for i, s in enumerate(data.mix)] or [("data.", data)]
-    for prefix, source in sources:
-        fmt = source.format or data.format
+    prefixes = [f"data.mix.{i}." for i in range(len(data.mix))] or ["data."]
+    for prefix, source in zip(prefixes, sources(data)):  # format and columns already defaulted to data.*
+        fmt, columns = source["format"], source["columns"]
         if fmt not in FORMATS:
             raise ConfigError(f"{prefix}format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
-        columns = source.columns if source.columns is not None else data.columns
         unknown = set(columns) - set(FORMATS[fmt].mappable)
         if unknown:
             raise ConfigError(f"{prefix}columns", f"format {fmt} maps only {', '.join(FORMATS[fmt].mappable)}; "
                                                   f"got {sorted(unknown)}")
-        if looks_local(source.path) and not Path(os.path.expanduser(source.path)).exists():
-            raise ConfigError(f"{prefix}path", f"file or directory not found: {source.path}")
-        if source.get("weight", 1.0) <= 0:
-            raise ConfigError(f"{prefix}weight", f"must be > 0, got {source.weight}")
+        if looks_local(source["path"]) and not Path(os.path.expanduser(source["path"])).exists():
+            raise ConfigError(f"{prefix}path", f"file or directory not found: {source['path']}")
+        if source["weight"] <= 0:
+            raise ConfigError(f"{prefix}weight", f"must be > 0, got {source['weight']}")
 
 
 def _validate_model(model) -> None:

@@ -35,11 +35,15 @@ def last_logged_step(run_dir: Path):
     return json.loads(lines[-1])["step"] if lines else None
 
 
-def status_command(argv) -> None:
-    parser = argparse.ArgumentParser(prog="shardtune status", description="State of a run's Slurm job.")
+def run_dir_and_job(argv, command: str, description: str) -> tuple:
+    parser = argparse.ArgumentParser(prog=f"shardtune {command}", description=description)
     parser.add_argument("run_dir", type=Path)
     run_dir = parser.parse_args(argv).run_dir.absolute()
-    job_id = job_id_of(run_dir)
+    return run_dir, job_id_of(run_dir)
+
+
+def status_command(argv) -> None:
+    run_dir, job_id = run_dir_and_job(argv, "status", "State of a run's Slurm job.")
     try:
         fields = job_state(job_id)
     except ConfigError as error:
@@ -57,10 +61,7 @@ def status_command(argv) -> None:
 
 
 def cancel_command(argv) -> None:
-    parser = argparse.ArgumentParser(prog="shardtune cancel", description="Cancel a run's Slurm job.")
-    parser.add_argument("run_dir", type=Path)
-    run_dir = parser.parse_args(argv).run_dir.absolute()
-    job_id = job_id_of(run_dir)
+    run_dir, job_id = run_dir_and_job(argv, "cancel", "Cancel a run's Slurm job.")
     try:
         run_slurm_command(["scancel", job_id])
     except ConfigError as error:

@@ -23,13 +23,12 @@ from datasets import Dataset, load_from_disk
 from omegaconf import OmegaConf
 
 from .prepare import PreparedData, build, sources
-from .sources import looks_local
+from .sources import SPLITS, looks_local
 
 log = logging.getLogger("shardtune")
 CACHE_VERSION = 2  # bump when the prepared format changes
 COMPLETE_MARKER = "COMPLETE"
 EMPTY_SPLIT = "empty-split.json"
-SPLITS = ("train", "validation", "test")
 # Settings that do not change the prepared rows.
 NOT_IN_KEY = ("name", "cache_dir", "num_proc")
 

@@ -40,8 +40,9 @@ class RawSplit:
 
 
 def looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(path)) \
-        or Path(path).suffix in BUILDERS
+    """A local path rather than a hub name; a data file's suffix says so even when the file is missing."""
+    from ..validation import looks_like_local_path
+    return looks_like_local_path(path) or Path(path).suffix in BUILDERS
 
 
 def load_source(path: str, subset: Optional[str] = None, split: Optional[str] = None,
