@@ -7,6 +7,8 @@ plan   print what `train` would run (world size, torchrun command, DeepSpeed JSO
        cluster=slurm prints the sbatch script and each node's torchrun line, and submits nothing
 data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
 data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
+train -m key=a,b other=c,d ...   a sweep: every trial a whole run in sweeps/<name>/trial-N (hydra/sweeper=optuna for
+       Bayesian search; cluster=slurm for a job per trial); the same command again skips finished trials
 
 Commands on an existing run directory take plain arguments (--help for each), not Hydra overrides:
 
@@ -17,6 +19,7 @@ eval <run_dir> [--checkpoint step-N|PATH] [--split test|validation] [--max-new-t
        loss, perplexity, and greedy-generation exact match and ROUGE-L on held-out rows; writes <run_dir>/eval.json
 status <run_dir>   the Slurm job of a run submitted with cluster=slurm: its state, log and last logged step
 cancel <run_dir>   cancel that Slurm job (scancel)
+sweep report <sweep_dir>   results.csv, results.md and objective.png of a sweep; prints the table, best first
 """
 import importlib
 import json
@@ -47,7 +50,12 @@ def prepare_data(cfg: DictConfig, rebuild: bool = False):
     return prepared, tokenizer
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        from .sweep.trial import run_trial
+        return run_trial(cfg)  # a trial of a sweep: the sweeper gets its objective
     from .launcher.torchrun import plan_launch, refuse_existing_run, write_run_config
     plan = plan_launch(cfg)
     refuse_existing_run(cfg, plan.config_path.parent)  # before the data work, which may take a while
@@ -80,7 +88,7 @@ def run_locally(cfg: DictConfig, plan) -> None:
                  "output_dir=%s resume=auto", output_dir)
 
 
-def submit_to_slurm(cfg: DictConfig, plan) -> None:
+def submit_to_slurm(cfg: DictConfig, plan) -> str:
     from .cluster import slurm
     script = slurm.write_batch_script(cfg, plan.config_path, sys.executable)
     job_id = slurm.submit(script)
@@ -88,6 +96,7 @@ def submit_to_slurm(cfg: DictConfig, plan) -> None:
     print(f"submitted Slurm job {job_id}: {cfg.cluster.nodes} node(s) x {plan.nproc_per_node} worker(s)\n"
           f"  script  {script}\n  log     {slurm.log_path(output_dir, job_id)}\n"
           f"  status  shardtune status {output_dir}\n  cancel  shardtune cancel {output_dir}", flush=True)
+    return job_id
 
 
 def plan(cfg: DictConfig) -> None:
@@ -150,7 +159,8 @@ def take_flags(argv: list, names: dict) -> dict:
 ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command",
                      "eval": "shardtune.evaluation.command:eval_command",
                      "status": "shardtune.cluster.commands:status_command",
-                     "cancel": "shardtune.cluster.commands:cancel_command"}
+                     "cancel": "shardtune.cluster.commands:cancel_command",
+                     "sweep": "shardtune.sweep.report:sweep_command"}
 
 
 def main() -> None:
@@ -167,6 +177,10 @@ def main() -> None:
         FLAGS.update(take_flags(sys.argv, {"--rebuild": False, "--split": True, "--examples": True}))
     if command not in COMMANDS:
         sys.exit(f"shardtune: unknown command {command!r}\n{USAGE}")
+    if command == "train" and ("-m" in sys.argv or "--multirun" in sys.argv):
+        from .sweep.naming import default_sweep_dir
+        if not any(arg.startswith("hydra.sweep.dir=") for arg in sys.argv):
+            sys.argv.append(f"hydra.sweep.dir={default_sweep_dir(sys.argv[1:])}")
     scratch = None
     if command in READ_ONLY:
         # Hydra creates its run directory before the task runs; plan must leave output_dir untouched.
@@ -177,9 +191,9 @@ def main() -> None:
     quiet_libraries()
     task = COMMANDS[command]
 
-    def guarded(cfg: DictConfig) -> None:
+    def guarded(cfg: DictConfig):
         try:
-            task(cfg)
+            return task(cfg)
         except ConfigError as error:
             sys.exit(f"shardtune: config error: {error}")
         except DataError as error:

@@ -247,6 +247,8 @@ class LoggerConfig:
     mode: Optional[str] = None
     """online, offline or disabled; null = WANDB_MODE from the environment, else online."""
     tags: List[str] = field(default_factory=list)
+    group: Optional[str] = None
+    """W&B group; the trials of a sweep are grouped under the sweep's name."""
 
 
 @dataclass
@@ -321,6 +323,33 @@ class ClusterConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Hyperparameter sweeps (`shardtune train -m ...`): every trial is a whole run in <sweep_dir>/trial-N."""
+    objective: str = "val_loss"
+    """What each trial reports to the sweeper: val_loss (the final validation loss), train_loss, tokens_per_second,
+    or eval/<metric> (shardtune eval on the validation split after training: eval/exact_match, eval/rouge_l,
+    eval/loss, eval/perplexity). Losses are minimized, the others maximized; a failed trial counts as the worst."""
+    parallel_trials: Optional[int] = None
+    """Trials in flight at once. null = local: as many as the node's GPUs hold side by side (8 GPUs and
+    launcher.nproc_per_node=2: 4), one at a time on CPU; cluster=slurm: every trial's job at once (max 64)."""
+    pruner: str = "none"
+    """Stop hopeless trials early (hydra/sweeper=optuna, objective val_loss): none, median, successive_halving
+    or hyperband, on the validation loss of every train.eval_interval."""
+    pruner_startup_trials: int = 2
+    """median: trials that run to the end before any is pruned."""
+    pruner_warmup_steps: int = 0
+    """median: steps of each trial before it may be pruned."""
+    retry_failed: bool = False
+    """Re-running a sweep skips the trials that finished; true also runs the failed ones again."""
+    poll_interval_s: float = 10.0
+    """cluster=slurm: how often a trial checks whether its job has ended."""
+    # Set by the sweeper for each trial's workers (Optuna pruning), not by users:
+    optuna_storage: Optional[str] = None
+    optuna_study: Optional[str] = None
+    optuna_trial: Optional[int] = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     method: Any = MISSING
@@ -335,6 +364,7 @@ class Config:
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     resume: str = "none"
     """none, auto (newest complete checkpoint in output_dir), or a checkpoint directory."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 METHOD_SCHEMAS = {"full": FullMethodConfig, "lora": LoraMethodConfig, "qlora": QLoraMethodConfig}
@@ -353,6 +383,20 @@ def register_configs() -> None:
         cs.store(group="schema/method", name=name, node=schema)
     for name, schema in STRATEGY_SCHEMAS.items():
         cs.store(group="schema/strategy", name=name, node=schema)
+    register_sweep_plugins(cs)
+
+
+def register_sweep_plugins(cs: ConfigStore) -> None:
+    """hydra/launcher=shardtune, and shardtune's hydra/sweeper=optuna in place of the plugin's own.
+
+    Hydra imports every plugin module when it first scans them, and the Optuna plugin registers its sweeper config
+    then; scanning first makes ours, stored after, the one that counts."""
+    from hydra.core.plugins import Plugins
+    Plugins.instance()
+    from hydra_plugins.shardtune_sweeps.launcher import ShardtuneLauncherConf
+    from hydra_plugins.shardtune_sweeps.optuna_sweeper import ShardtuneOptunaSweeperConf
+    cs.store(group="hydra/launcher", name="shardtune", node=ShardtuneLauncherConf, provider="shardtune")
+    cs.store(group="hydra/sweeper", name="optuna", node=ShardtuneOptunaSweeperConf, provider="shardtune")
 
 
 def strategy_schema(strategy_cfg) -> type:

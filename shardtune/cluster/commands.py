@@ -3,6 +3,7 @@ cluster=slurm, found through the job id the submission left in <run_dir>/slurm/j
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..validation import ConfigError
@@ -27,6 +28,20 @@ def job_state(job_id: str) -> dict:
             return {}
         raise
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+# States of a job that may still run (a requeued job goes back to PENDING with the same id).
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                 "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED")
+
+
+def wait_for_job(job_id: str, poll_interval_s: float) -> str:
+    """Block until the job has ended; its final state, or "" once Slurm no longer lists it."""
+    while True:
+        state = job_state(job_id).get("JobState", "")
+        if state not in ACTIVE_STATES:
+            return state
+        time.sleep(poll_interval_s)
 
 
 def last_logged_step(run_dir: Path):

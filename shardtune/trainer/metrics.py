@@ -225,6 +225,7 @@ def _init_wandb(cfg, resumed: bool):
         config=OmegaConf.to_container(cfg, resolve=True),
         mode=cfg.logger.mode or os.environ.get("WANDB_MODE") or "online",
         tags=list(cfg.logger.tags),
+        group=cfg.logger.group,
         id=_wandb_run_id(output_dir / "wandb_run_id", resumed),
         # W&B keeps a resumed run's history from before; steps logged again (past the checkpoint)
         # are dropped by W&B with a warning. metrics.jsonl is the exact record.
@@ -294,6 +295,8 @@ class MetricsLogger:
         output_dir = Path(cfg.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / "metrics.jsonl"
+        self.summary_path = output_dir / "summary.json"
+        self.summary_path.unlink(missing_ok=True)  # written again when this run finishes
         if resumed:
             _drop_lines_after_step(self.metrics_path, last_kept_step=start_step)
         # A fresh run in a reused output_dir starts a new file rather than mixing two runs' histories.
@@ -301,6 +304,7 @@ class MetricsLogger:
         if cfg.logger.name == "wandb":
             self._wandb_run = _init_wandb(cfg, resumed)
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.total_steps = total_steps
 
     def log(self, step: int, metrics: Dict[str, Any]) -> None:
         """Record metrics for an optimizer step. None values (e.g. mfu on CPU) are left out."""
@@ -313,6 +317,9 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.log(metrics, step=step)
         self._update_bar(step, metrics)
+        if self._bar.disable:  # no bar (TQDM_DISABLE=1, e.g. a sweep's trial): a line per record instead
+            print(f"step {step}/{self.total_steps} " + " ".join(
+                f"{label} {format(metrics[key], fmt)}" for key, label, fmt in _BAR_FIELDS if key in metrics), flush=True)
 
     def _update_bar(self, step: int, metrics: Dict[str, Any]) -> None:
         # Eval records carry other keys: keep the last train values on the bar.
@@ -340,6 +347,9 @@ class MetricsLogger:
         for key, value in rows.items():
             table.add_row(_SUMMARY_LABELS.get(key, key), _format_summary_value(key, value))
         Console().print(table)
+        tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        os.replace(tmp, self.summary_path)  # summary.json: the finished run's numbers, for sweeps and scripts
         if self._wandb_run is not None:
             self._wandb_run.summary.update(rows)
 

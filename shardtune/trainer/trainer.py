@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, prepare_in_workers
 from ..data.tokenize import IGNORE_INDEX
+from ..sweep import pruning
 from . import checkpoint, preemption
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
 from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
@@ -82,6 +83,9 @@ class Trainer:
             self.step, self.micro_batches_done = state["step"], state["micro_batches_done"]
         self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
                                      resumed=resume_from is not None)
+        # A sweep's trial with a pruner: rank 0 reports validation losses to the sweep's Optuna study.
+        self.pruning = (pruning.TrialPruning(cfg.sweep) if self.rank == 0 and cfg.sweep.optuna_trial is not None
+                        and cfg.sweep.pruner != "none" else None)
         self.throughput = ThroughputMeter(
             flops_per_token(self.model_config, cfg.train.seq_len, self.num_params, self.num_trainable_params),
             peak_flops(self.device), self.world_size, self.device)
@@ -161,13 +165,17 @@ class Trainer:
             if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
                 dist.all_reduce(loss_sum)
                 self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
+                if not math.isfinite(self.last_train_loss):  # every rank sees the all-reduced loss and stops
+                    raise FloatingPointError(f"loss is {self.last_train_loss} at step {self.step}: training diverged "
+                                             f"(optim.lr={cfg.optim.lr} too high?)")
                 self.metrics.log(self.step, {"loss": self.last_train_loss, "lr": lr,
                                              "grad_norm": grad_norm, **self.throughput.rates(),
                                              **self.peak_memory()})
                 loss_sum.zero_()
                 label_tokens_since_log = 0
             if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < self.total_steps:
-                self.evaluate()
+                if self.pruned(self.evaluate()):
+                    return False
             saved = cfg.train.save_interval and self.step % cfg.train.save_interval == 0
             if saved:
                 self.save_checkpoint()
@@ -186,6 +194,19 @@ class Trainer:
             preemption.write_marker(self.cfg.output_dir, path)
             log.info("stopping at step %d on SIGUSR1: checkpoint %s saved; resume=auto continues from it",
                      self.step, path)
+
+    def pruned(self, results: dict) -> bool:
+        """Whether the sweep's pruner stops this trial after this evaluation (rank 0 asks; all ranks follow)."""
+        if self.cfg.sweep.optuna_trial is None or self.cfg.sweep.pruner == "none" or not results:
+            return False
+        verdict = torch.tensor([int(self.pruning.should_prune(self.step, results["val/loss"]))
+                                if self.pruning else 0], device=self.device)
+        dist.all_reduce(verdict)
+        if verdict.item() and self.rank == 0:
+            pruning.write_marker(self.cfg.output_dir, self.step, results["val/loss"])
+            log.info("pruned at step %d: validation loss %.4f is worse than the sweep's %s pruner allows",
+                     self.step, results["val/loss"], self.cfg.sweep.pruner)
+        return bool(verdict.item())
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -229,14 +250,14 @@ class Trainer:
         rates = self.throughput.totals()
         self.metrics.summary({
             "steps": self.step,
-            "final train loss": self.last_train_loss,
-            "val loss": results.get("val/loss"),
-            "val perplexity": results.get("val/ppl"),
-            "tokens/s": rates.get("tokens_per_second"),
-            "MFU": rates.get("mfu"),
+            "loss": self.last_train_loss,
+            **results,
+            "tokens_per_second": rates.get("tokens_per_second"),
+            "tokens_per_second_per_device": rates.get("tokens_per_second_per_device"),
+            "mfu": rates.get("mfu"),
             **self.peak_memory(),
             "wall_time_s": time.time() - self.started,
-            "saved to": str(final_dir) if final_dir else "not saved (train.save_final=false)",
+            "saved_to": str(final_dir) if final_dir else "not saved (train.save_final=false)",
         })
 
     def export(self) -> Path:

@@ -1,0 +1,67 @@
+"""<sweep_dir>/trial-N/trial.json: what became of one trial, written when it starts and when it ends."""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from .objective import last_value, read_metrics, read_summary
+
+RECORD_NAME = "trial.json"
+FINISHED = ("completed", "pruned", "failed")  # "running" is the other status: in flight, or interrupted
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    overrides: List[str]
+    """The trial's command-line overrides: the sweep's fixed ones and this trial's values."""
+    objective: str
+    status: str = "running"
+    value: Optional[float] = None
+    """The objective; for a pruned trial its last validation loss; None for a failed one."""
+    val_loss: Optional[float] = None
+    tokens_per_second: Optional[float] = None
+    peak_memory_gib: Optional[float] = None
+    """GPU memory allocated at the peak on the busiest rank; on CPU the host memory of a worker."""
+    wall_time_s: Optional[float] = None
+    error: Optional[str] = None
+    run_dir: str = ""
+    slurm_job_id: Optional[str] = None
+    params: dict = field(default_factory=dict)
+    """key -> value of every override, for tables and plots."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def measure(self, run_dir: Path) -> None:
+        """Fill in what the run measured (its summary.json, else its last logged values)."""
+        records, summary = read_metrics(run_dir), read_summary(run_dir)
+        self.val_loss = last_value(records, "val/loss")
+        self.tokens_per_second = summary.get("tokens_per_second") or last_value(records, "tokens_per_second")
+        self.peak_memory_gib = (summary.get("peak_mem_alloc_gib") or summary.get("host_rss_gib")
+                                or last_value(records, "peak_mem_alloc_gib") or last_value(records, "host_rss_gib"))
+        self.wall_time_s = summary.get("wall_time_s")
+
+    def save(self, run_dir: Path) -> None:
+        path = Path(run_dir) / RECORD_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)  # readers (a re-run, the report) never see half a record
+
+
+def load_record(run_dir: Path) -> Optional[TrialRecord]:
+    path = Path(run_dir) / RECORD_NAME
+    if not path.exists():
+        return None
+    return TrialRecord(**json.loads(path.read_text()))
+
+
+def params_of(overrides: List[str]) -> dict:
+    """{key: value} of `key=value` overrides (values as written; `+key=` and `~key` keep their key)."""
+    params = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        params[key.lstrip("+~")] = value
+    return params

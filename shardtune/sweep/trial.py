@@ -1,0 +1,175 @@
+"""One trial of a sweep: what `shardtune train -m ...` runs for each set of overrides Hydra's sweeper makes.
+
+A trial is a whole run in <sweep_dir>/trial-N: its own torchrun world (or Slurm job), metrics.jsonl, W&B run
+(grouped under the sweep's name) and final/. Whatever goes wrong inside it (a config the hyperparameters make
+invalid, a diverging loss, an out-of-memory error, a worker that dies) is recorded in trial.json as failed, and the
+sweeper gets the worst value, so the sweep goes on. A trial that finished in an earlier run of the same sweep is
+skipped; one that was interrupted continues from its last checkpoint.
+"""
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+
+from ..data.errors import DataError
+from ..validation import ConfigError
+from .objective import EVAL_PREFIX, direction_of, objective_value, worst_value
+from .parallel import device_slot
+from .pruning import OPTUNA_SWEEPER, PRUNED_MARKER, check_pruning, study_location
+from .naming import identity
+from .records import TrialRecord, load_record, params_of
+
+log = logging.getLogger("shardtune")
+TRAIN_LOG = "train.log"  # the workers' output of a local trial
+ERROR_LINES = 200  # output kept to find the error of a failed trial
+# The last line of a Python traceback ("ValueError: ...", "torch.OutOfMemoryError: ..."); torchrun's own
+# ChildFailedError only says that a worker failed.
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b.*")
+
+
+def run_trial(cfg) -> float:
+    """Hydra's task in multirun mode; returns the objective the sweeper records."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir).absolute()
+    sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
+    number = int(hydra_cfg.job.num)
+    overrides = list(hydra_cfg.overrides.task)
+    objective = cfg.sweep.objective
+    earlier = load_record(run_dir)
+    if earlier is not None:
+        if identity(earlier.overrides) != identity(overrides):
+            raise ConfigError("hydra.sweep.dir", f"{run_dir} holds trial {earlier.number} of another sweep "
+                                                 f"({' '.join(earlier.overrides)}); use another hydra.sweep.dir")
+        if earlier.finished and not (earlier.status == "failed" and cfg.sweep.retry_failed):
+            log.info("trial %d %s in an earlier run of this sweep (objective %s): skipped", number, earlier.status,
+                     earlier.value)
+            return value_for_sweeper(earlier)
+    record = TrialRecord(number, overrides, objective, run_dir=str(run_dir), params=params_of(overrides))
+    record.save(run_dir)
+    log.info("trial %d: %s", number, " ".join(overrides) or "(no overrides)")
+    started = time.time()
+    try:
+        configure_trial(cfg, hydra_cfg, run_dir, sweep_dir, number)
+        with device_slot(sweep_dir, cfg, log) as environment:
+            train_and_measure(cfg, record, environment)
+    except (ConfigError, DataError) as error:
+        record.status, record.error = "failed", str(error)
+    except Exception as error:  # the sweep goes on; the record and the log say what happened
+        log.exception("trial %d failed", number)
+        record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+    record.wall_time_s = record.wall_time_s or time.time() - started
+    record.save(run_dir)
+    if record.status == "failed":
+        log.error("trial %d failed: %s", number, record.error)
+    else:
+        log.info("trial %d %s: %s = %s", number, record.status, objective, record.value)
+    return value_for_sweeper(record)
+
+
+def value_for_sweeper(record: TrialRecord) -> float:
+    """The objective; a failed trial (or one that never measured it) ranks below every other."""
+    if record.status == "failed" or record.value is None:
+        return worst_value(record.objective)
+    return record.value
+
+
+def configure_trial(cfg, hydra_cfg, run_dir: Path, sweep_dir: Path, number: int) -> None:
+    """Point the run at the trial's directory and name it after the sweep."""
+    direction_of(cfg.sweep.objective)
+    check_pruning(cfg, hydra_cfg.sweeper.get("_target_", ""))
+    if cfg.sweep.objective.startswith(EVAL_PREFIX) and cfg.cluster.name == "slurm":
+        raise ConfigError("sweep.objective", "eval/ objectives run shardtune eval where the sweep runs, after the "
+                                             "trial's job; with cluster=slurm use val_loss, train_loss or tokens_per_second")
+    cfg.output_dir = str(run_dir)
+    cfg.resume = "auto"  # an interrupted trial continues from its last checkpoint; a new one starts
+    cfg.logger.group = cfg.logger.group or sweep_dir.name
+    cfg.logger.run_name = cfg.logger.run_name or f"{sweep_dir.name}/trial-{number}"
+    if cfg.cluster.name == "slurm":
+        cfg.cluster.job_name = cfg.cluster.job_name or f"{sweep_dir.name}-trial-{number}"
+    if cfg.sweep.pruner != "none":
+        cfg.sweep.optuna_storage, cfg.sweep.optuna_study = study_location(hydra_cfg.sweeper, sweep_dir)
+        cfg.sweep.optuna_trial = number  # the sweeper numbers its jobs as its study numbers the trials
+
+
+def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
+    from ..cli import prepare_data
+    from ..launcher.torchrun import plan_launch, write_run_config
+    run_dir = Path(record.run_dir)
+    plan = plan_launch(cfg)
+    prepare_data(cfg)
+    write_run_config(cfg, plan)
+    (run_dir / PRUNED_MARKER).unlink(missing_ok=True)
+    if cfg.cluster.name == "slurm":
+        failure, output = run_slurm_job(cfg, plan, record)
+    else:
+        failure, output = run_workers(plan, cfg.launcher, environment, run_dir, record.number)
+    record.measure(run_dir)
+    if (run_dir / PRUNED_MARKER).exists():
+        record.status, record.value = "pruned", record.val_loss
+        return
+    if failure or not (run_dir / "summary.json").exists():
+        record.status, record.error = "failed", error_summary(output) or failure or "the run wrote no summary.json"
+        return
+    if record.objective.startswith(EVAL_PREFIX):
+        run_eval(run_dir, environment)
+    record.status, record.value = "completed", objective_value(run_dir, record.objective)
+    if record.value is None:
+        record.status, record.error = "failed", f"the run did not measure {record.objective}"
+
+
+def run_workers(plan, launcher, environment: dict, run_dir: Path, number: int) -> tuple:
+    """torchrun with its output in <run_dir>/train.log and on the console (each line marked with the trial);
+    (what went wrong or "", the last lines)."""
+    from ..launcher.torchrun import worker_environment
+    env = {**worker_environment(plan, launcher), **environment, "TQDM_DISABLE": "1"}  # log lines, not a bar
+    tail = deque(maxlen=ERROR_LINES)
+    with open(run_dir / TRAIN_LOG, "a") as train_log:
+        process = subprocess.Popen(plan.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, errors="replace")
+        for line in process.stdout:
+            train_log.write(line)
+            tail.append(line.rstrip("\n"))
+            print(f"[trial {number}] {line}", end="", flush=True)
+        returncode = process.wait()
+    return (f"the workers exited with code {returncode}" if returncode else ""), list(tail)
+
+
+def run_slurm_job(cfg, plan, record: TrialRecord) -> tuple:
+    """Submit the trial's job and wait until it has ended (a requeued job stays in the queue);
+    (what went wrong or "", the last lines of its log)."""
+    from ..cli import submit_to_slurm
+    from ..cluster import slurm
+    from ..cluster.commands import wait_for_job
+    job_id = submit_to_slurm(cfg, plan)
+    record.slurm_job_id = job_id
+    record.save(record.run_dir)
+    state = wait_for_job(job_id, cfg.sweep.poll_interval_s)
+    log_file = slurm.log_path(Path(record.run_dir), job_id)
+    lines = log_file.read_text(errors="replace").splitlines()[-ERROR_LINES:] if log_file.exists() else []
+    log.info("trial %d: Slurm job %s ended (%s)", record.number, job_id, state or "no longer listed")
+    # Slurm forgets a finished job after MinJobAge; the run directory then tells how it went.
+    return ("" if state in ("COMPLETED", "") else f"Slurm job {job_id} ended {state}"), lines
+
+
+def run_eval(run_dir: Path, environment: dict) -> None:
+    """`shardtune eval` on the validation split: hyperparameters are chosen on validation, never on test."""
+    import os
+    result = subprocess.run([sys.executable, "-m", "shardtune.cli", "eval", str(run_dir), "--split", "validation"],
+                            env={**os.environ, **environment}, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = (result.stdout + result.stderr).splitlines()
+        raise RuntimeError(f"shardtune eval failed: {error_summary(lines) or lines[-1:]}")
+
+
+def error_summary(lines) -> str:
+    """The last exception line a worker printed, e.g. "FloatingPointError: loss is nan at step 3"."""
+    for line in reversed(lines):
+        line = line.strip()
+        if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line:
+            return line
+    return ""
