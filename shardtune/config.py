@@ -314,8 +314,9 @@ class ClusterConfig:
     the job requeues itself and resumes from it. Leave room for one step and a checkpoint."""
     requeue: bool = True
     """slurm: requeue the job after a preemption checkpoint."""
-    rdzv_port: int = 29500
-    """slurm: port of the c10d rendezvous on the first node."""
+    rdzv_port: int = 0
+    """slurm: port of the c10d rendezvous on the first node; 0 = a free one, picked there when the job starts (jobs
+    that share a node, such as a sweep's trials, never collide)."""
     sbatch_options: List[str] = field(default_factory=list)
     """slurm: extra #SBATCH options, e.g. ["--exclusive", "--mem=0"]."""
     setup: List[str] = field(default_factory=list)

@@ -93,9 +93,11 @@ def _validate_cluster(cluster) -> None:
         for key in (key for key in cluster if key != "name" and cluster[key] != defaults[key]):
             logging.getLogger("shardtune").warning("cluster.%s is a Slurm setting, ignored with cluster=local", key)
     if cluster.name == "slurm":
-        for key in ("nodes", "signal_before_limit_s", "rdzv_port"):
+        for key in ("nodes", "signal_before_limit_s"):
             if cluster[key] < 1:
                 raise ConfigError(f"cluster.{key}", f"must be >= 1, got {cluster[key]}")
+        if not 0 <= cluster.rdzv_port < 65536:
+            raise ConfigError("cluster.rdzv_port", f"must be a port number, or 0 for a free one; got {cluster.rdzv_port}")
         if cluster.gpus_per_node < 0:
             raise ConfigError("cluster.gpus_per_node", f"must be >= 0, got {cluster.gpus_per_node}")
         from .cluster.slurm import check_time_limit

@@ -89,12 +89,12 @@ def shell_join(args) -> str:
 
 
 def node_command(cfg, config_path: Path, python: str) -> list:
-    """The torchrun command every node's srun task runs; $RDZV_HOST, $IS_HOST and $SLURM_JOB_ID are set by
+    """The torchrun command every node's srun task runs; $RDZV_HOST, $RDZV_PORT, $IS_HOST and $SLURM_JOB_ID are set by
     the batch script and Slurm."""
     launcher = cfg.launcher
     rdzv_id = launcher.rdzv_id or "slurm-$SLURM_JOB_ID"
     command = [python, "-m", "torch.distributed.run", f"--nproc-per-node={launcher.nproc_per_node}"]
-    command += c10d_arguments(launcher.nnodes, launcher.min_nodes, f"$RDZV_HOST:{cfg.cluster.rdzv_port}", rdzv_id,
+    command += c10d_arguments(launcher.nnodes, launcher.min_nodes, "$RDZV_HOST:$RDZV_PORT", rdzv_id,
                               "$IS_HOST", launcher.rdzv_timeout_s)
     if launcher.max_restarts:
         command.append(f"--max-restarts={launcher.max_restarts}")
@@ -137,8 +137,9 @@ def batch_script(cfg, config_path: Path, python: str) -> str:
              "# The rendezvous host: the first node's address as Slurm knows it (NodeAddr; names need not resolve).",
              'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
              "export RDZV_HOST=$(scontrol show node \"$head_node\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
+             *rendezvous_port_lines(cfg.cluster.rdzv_port, python),
              'echo "shardtune: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, '
-             f'rendezvous $RDZV_HOST:{cfg.cluster.rdzv_port}"',
+             'rendezvous $RDZV_HOST:$RDZV_PORT"',
              "",
              "# One srun task per node runs torchrun. Slurm sends SIGUSR1 to the tasks before the time limit (and",
              "# `scancel --signal=USR1` does the same at once): the workers save a checkpoint and stop; torchrun's",
@@ -163,6 +164,15 @@ def batch_script(cfg, config_path: Path, python: str) -> str:
              "exit $status",
              ""]
     return "\n".join(lines)
+
+
+def rendezvous_port_lines(port: int, python: str) -> list:
+    """The script runs on the first node, where the rendezvous is hosted: a free port is picked there."""
+    if port:
+        return [f"export RDZV_PORT={port}"]
+    return ["# A port free on this (the first) node, so that jobs sharing a node never meet in one rendezvous.",
+            f"export RDZV_PORT=$({shlex.quote(python)} -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
+            "print(s.getsockname()[1])')"]
 
 
 def write_batch_script(cfg, config_path: Path, python: str) -> Path:

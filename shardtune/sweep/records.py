@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from .naming import identity
 from .objective import last_value, read_metrics, read_summary
 
 RECORD_NAME = "trial.json"
@@ -59,9 +60,9 @@ def load_record(run_dir: Path) -> Optional[TrialRecord]:
 
 
 def params_of(overrides: List[str]) -> dict:
-    """{key: value} of `key=value` overrides (values as written; `+key=` and `~key` keep their key)."""
+    """{key: value} of the trial's own `key=value` overrides (values as written; `+key=` and `~key` keep their key)."""
     params = {}
-    for override in overrides:
+    for override in identity(overrides):
         key, _, value = override.partition("=")
         params[key.lstrip("+~")] = value
     return params

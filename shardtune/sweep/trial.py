@@ -27,9 +27,9 @@ from .records import TrialRecord, load_record, params_of
 log = logging.getLogger("shardtune")
 TRAIN_LOG = "train.log"  # the workers' output of a local trial
 ERROR_LINES = 200  # output kept to find the error of a failed trial
-# The last line of a Python traceback ("ValueError: ...", "torch.OutOfMemoryError: ..."); torchrun's own
-# ChildFailedError only says that a worker failed.
-EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b.*")
+# The last line of a Python traceback ("ValueError: ...", "torch.OutOfMemoryError: ..."), which torch prefixes
+# with "[rank1]: " in workers; torchrun's own ChildFailedError only says that a worker failed.
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b.*)")
 
 
 def run_trial(cfg) -> float:
@@ -169,7 +169,7 @@ def run_eval(run_dir: Path, environment: dict) -> None:
 def error_summary(lines) -> str:
     """The last exception line a worker printed, e.g. "FloatingPointError: loss is nan at step 3"."""
     for line in reversed(lines):
-        line = line.strip()
-        if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line:
-            return line
+        match = EXCEPTION_LINE.match(line.strip())
+        if match and "ChildFailedError" not in line:
+            return match.group(1)
     return ""

@@ -138,7 +138,7 @@ def test_slurm_allocation_sets_the_launcher(tmp_path):
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cuda", 8, 32)
     assert cfg.train.precision == "bf16"
     line = plan.command_line()
-    assert '"--rdzv-endpoint=$RDZV_HOST:29500"' in line and '"--rdzv-id=slurm-$SLURM_JOB_ID"' in line
+    assert '"--rdzv-endpoint=$RDZV_HOST:$RDZV_PORT"' in line and '"--rdzv-id=slurm-$SLURM_JOB_ID"' in line
     assert '"--rdzv-conf=is_host=$IS_HOST,join_timeout=600"' in line and "--nnodes=4" in line
 
 
