@@ -393,6 +393,8 @@ def register_sweep_plugins(cs: ConfigStore) -> None:
     Hydra imports every plugin module when it first scans them, and the Optuna plugin registers its sweeper config
     then; scanning first makes ours, stored after, the one that counts."""
     from hydra.core.plugins import Plugins
+    # optuna 2.x (the plugin's pin) uses SQLAlchemy 1.x APIs on purpose; its import-time warning is not the user's.
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
     Plugins.instance()
     from hydra_plugins.shardtune_sweeps.launcher import ShardtuneLauncherConf
     from hydra_plugins.shardtune_sweeps.optuna_sweeper import ShardtuneOptunaSweeperConf

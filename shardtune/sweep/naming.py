@@ -14,9 +14,9 @@ def identity(overrides: List[str]) -> List[str]:
 
 
 def default_sweep_dir(argv: List[str]) -> str:
-    """sweeps/<swept keys>-<hash of the overrides>, e.g. sweeps/lr-rank-3f2a9c1d."""
+    """sweeps/<swept keys>-<hash of the overrides>, e.g. sweeps/lr-rank-3f2a9c1d (in any order of the arguments)."""
     overrides = identity([arg for arg in argv if not arg.startswith("-") and "=" in arg])
-    swept = [override.get_key_element().split(".")[-1].split("/")[-1]
-             for override in OverridesParser.create().parse_overrides(overrides) if override.is_sweep_override()]
+    swept = sorted(override.get_key_element().split(".")[-1].split("/")[-1]
+                   for override in OverridesParser.create().parse_overrides(overrides) if override.is_sweep_override())
     digest = hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
     return f"{SWEEPS_DIR}/{'-'.join(swept) or 'sweep'}-{digest}"

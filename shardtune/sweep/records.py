@@ -26,6 +26,9 @@ class TrialRecord:
     peak_memory_gib: Optional[float] = None
     """GPU memory allocated at the peak on the busiest rank; on CPU the host memory of a worker."""
     wall_time_s: Optional[float] = None
+    started_at: Optional[float] = None
+    """Unix times the trial started and ended (trials of a parallel sweep overlap)."""
+    ended_at: Optional[float] = None
     error: Optional[str] = None
     run_dir: str = ""
     slurm_job_id: Optional[str] = None

@@ -49,10 +49,10 @@ def run_trial(cfg) -> float:
             log.info("trial %d %s in an earlier run of this sweep (objective %s): skipped", number, earlier.status,
                      earlier.value)
             return value_for_sweeper(earlier)
-    record = TrialRecord(number, overrides, objective, run_dir=str(run_dir), params=params_of(overrides))
+    record = TrialRecord(number, overrides, objective, run_dir=str(run_dir), params=params_of(overrides),
+                         started_at=time.time())
     record.save(run_dir)
     log.info("trial %d: %s", number, " ".join(overrides) or "(no overrides)")
-    started = time.time()
     try:
         configure_trial(cfg, hydra_cfg, run_dir, sweep_dir, number)
         with device_slot(sweep_dir, cfg, log) as environment:
@@ -62,7 +62,8 @@ def run_trial(cfg) -> float:
     except Exception as error:  # the sweep goes on; the record and the log say what happened
         log.exception("trial %d failed", number)
         record.status, record.error = "failed", f"{type(error).__name__}: {error}"
-    record.wall_time_s = record.wall_time_s or time.time() - started
+    record.ended_at = time.time()
+    record.wall_time_s = record.wall_time_s or record.ended_at - record.started_at
     record.save(run_dir)
     if record.status == "failed":
         log.error("trial %d failed: %s", number, record.error)

@@ -7,13 +7,15 @@ The second run is sent the pre-time-limit signal early (`scancel --signal=USR1`,
 and give the uninterrupted run's losses, with W&B continuing one run and no step logged twice. Inside an
 allocation, `srun --ntasks-per-node=1 shardtune train ...` takes nodes, rank and rendezvous from Slurm.
 """
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 from cluster_env import job_finished, job_state, start_local_slurm, wait_for_job
-from conftest import FAST, read_metrics, run_shardtune, train_losses
+from conftest import FAST, final_val_loss, read_metrics, run_shardtune, train_losses
 
 pytestmark = pytest.mark.cluster
 
@@ -61,7 +63,7 @@ def test_run_trains_on_two_nodes_through_sbatch(uninterrupted):
     output_dir, job_id = uninterrupted
     log = (output_dir / "slurm" / f"{job_id}.out").read_text()
     assert job_state(job_id) == "COMPLETED", log[-3000:]
-    assert "on n[1-2], rendezvous 127.0.0.1:29500" in log and "world size 4" in log
+    assert re.search(r"on n\[1-2\], rendezvous 127\.0\.0\.1:\d+\n", log) and "world size 4" in log
     losses = train_losses(output_dir)
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert losses[STEPS] < losses[1] - 0.3
@@ -130,3 +132,23 @@ def test_srun_step_takes_nodes_rank_and_rendezvous_from_slurm(slurm, tmp_path):
     assert "world size 4" in output
     assert sorted(train_losses(output_dir)) == list(range(1, 9))
     assert (output_dir / "launcher.log").is_file() and (output_dir / "launcher-node1.log").is_file()
+
+
+def test_a_sweep_runs_each_trial_as_its_own_job(slurm, tmp_path):
+    """`shardtune train -m cluster=slurm ...`: both trials are submitted before either ends, one node each (they may
+    share a node: each job picks its own rendezvous port), and the sweep waits for them and reads their results."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_shardtune("train", "-m", "cluster=slurm", "launcher.nproc_per_node=2", *FAST, "train.max_steps=4",
+                           "train.eval_interval=2", "optim.lr=1e-3,3e-3", "sweep.poll_interval_s=1",
+                           f"hydra.sweep.dir={sweep_dir}")
+    records = [json.loads((sweep_dir / f"trial-{n}" / "trial.json").read_text()) for n in (0, 1)]
+    assert [record["status"] for record in records] == ["completed", "completed"], records
+    job_ids = [record["slurm_job_id"] for record in records]
+    assert len(set(job_ids)) == 2 and all(job_state(job_id) == "COMPLETED" for job_id in job_ids)
+    output = result.stdout + result.stderr
+    submitted = [output.index(f"submitted Slurm job {job_id}") for job_id in job_ids]
+    ended = [output.index(f"Slurm job {job_id} ended") for job_id in job_ids]
+    assert max(submitted) < min(ended), "the second job was submitted only after the first ended"
+    for record in records:
+        assert record["value"] == pytest.approx(final_val_loss(record["run_dir"]))
+    assert len((sweep_dir / "results.csv").read_text().splitlines()) == 3
