@@ -60,3 +60,42 @@ def final_val_loss(output_dir) -> float:
 @pytest.fixture(scope="session")
 def fast_overrides():
     return list(FAST)
+
+
+# Runs that several test files read (the pair matrix, export, options): each is trained once per test session,
+# by whichever pytest worker asks first, and the others wait for it. Every one saves a checkpoint at step 4 (which
+# changes no loss) for export's checkpoint cases; LoRA dropout is off so that strategies can agree step by step.
+def _shared_overrides(method: str, strategy: str, *extra: str) -> list:
+    no_dropout = [] if method == "full" else ["method.dropout=0"]
+    return [f"method={method}", f"strategy={strategy}", *FAST, *no_dropout, "train.save_interval=4",
+            "train.keep_checkpoints=0", *extra]
+
+
+SHARED_RUNS = {
+    **{f"{method}-{strategy}": _shared_overrides(method, strategy) for method, strategy in [
+        ("full", "zero1"), ("full", "zero2"), ("full", "zero3"), ("full", "zero3_offload"), ("full", "ddp"),
+        ("full", "fsdp"), ("lora", "fsdp"), ("qlora", "ddp"), ("qlora", "fsdp")]},
+    "lora-ddp": _shared_overrides("lora", "ddp", "logger=wandb"),  # offline (WANDB_MODE=offline in run_shardtune)
+    "qlora8-ddp": _shared_overrides("qlora", "ddp", "method.bits=8"),
+}
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """shared_run(name) -> the run directory of SHARED_RUNS[name], trained if no worker has yet."""
+    import fcntl
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    root = root / "shared-runs"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str) -> Path:
+        run_dir = root / name
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (run_dir / "summary.json").exists():
+                subprocess.run(["rm", "-rf", str(run_dir)], check=True)  # a run that died half-way
+                run_shardtune("train", *SHARED_RUNS[name], f"output_dir={run_dir}")
+        return run_dir
+    return get

@@ -55,11 +55,11 @@ class ShardedBatches:
     """
 
     def __init__(self, dataset: Dataset, micro_batch_size: int, rank: int, world_size: int, seed: int,
-                 collator: Collator, shuffle: bool = True):
+                 collator: Collator, shuffle: bool = True, split: str = "training"):
         if len(dataset) < micro_batch_size * world_size:
             raise ValueError(
                 f"train.micro_batch_size={micro_batch_size} on {world_size} rank(s) needs at least "
-                f"{micro_batch_size * world_size} rows, but the training split has {len(dataset)}"
+                f"{micro_batch_size * world_size} rows, but the {split} split has {len(dataset)}"
             )
         self.dataset = dataset
         self.micro_batch_size = micro_batch_size

@@ -10,8 +10,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from ..validation import ConfigError
 
 MAX_SLURM_TRIALS = 64  # jobs a sweep keeps queued at once unless sweep.parallel_trials says otherwise
@@ -19,6 +17,7 @@ SLOTS_DIR = ".slots"
 
 
 def uses_cuda(cfg) -> bool:
+    import torch  # here: Hydra imports this module (through the launcher plugin) at every start
     return cfg.launcher.device == "cuda" or (cfg.launcher.device == "auto" and torch.cuda.is_available())
 
 
@@ -29,6 +28,7 @@ def parallel_trials(cfg, num_trials: int = 1 << 30) -> int:
     if cfg.cluster.name == "slurm":
         return max(1, min(num_trials, setting or MAX_SLURM_TRIALS))
     if uses_cuda(cfg):
+        import torch
         devices = torch.cuda.device_count()
         per_trial = cfg.launcher.nproc_per_node or devices
         fitting = max(1, devices // max(1, per_trial))
@@ -43,6 +43,7 @@ def parallel_trials(cfg, num_trials: int = 1 << 30) -> int:
 def slot_environment(slot: int, num_slots: int, cfg) -> dict:
     """Environment for the workers of the trial in `slot`."""
     if uses_cuda(cfg):
+        import torch
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
         per_trial = cfg.launcher.nproc_per_node or len(devices)

@@ -103,12 +103,12 @@ class Trainer:
             log.info("data from %s: %s", path, ", ".join(f"{key} {value}" for key, value in data.report.items()))
         collator = Collator(self.tokenizer.pad_token_id)
 
-        def batches(rows, shuffle):
-            return ShardedBatches(rows, cfg.train.micro_batch_size, self.rank, self.world_size,
-                                  cfg.train.seed, collator, shuffle=shuffle)
-
-        self.train_batches = batches(train_rows, shuffle=True)
-        self.val_batches = batches(val_rows, shuffle=False) if len(val_rows) >= self.world_size else None
+        self.train_batches = ShardedBatches(train_rows, cfg.train.micro_batch_size, self.rank, self.world_size,
+                                            cfg.train.seed, collator, shuffle=True)
+        # Validation takes smaller micro-batches where the split is too small for full ones on every rank.
+        val_micro_batch = min(cfg.train.micro_batch_size, len(val_rows) // self.world_size)
+        self.val_batches = ShardedBatches(val_rows, val_micro_batch, self.rank, self.world_size, cfg.train.seed,
+                                          collator, shuffle=False, split="validation") if val_micro_batch else None
         steps_per_epoch = len(self.train_batches) // cfg.train.grad_accum
         if steps_per_epoch == 0:
             raise ValueError(f"train.grad_accum: {cfg.train.grad_accum} micro-batches per step, but an epoch has "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, run_shardtune
+from conftest import run_shardtune
 from transformers import AutoModelForCausalLM
 
 from shardtune.data import Collator, ShardedBatches, build
@@ -28,13 +28,8 @@ BF16_RTOL = 2e-2
 # dequantized weight does not; measured 1.6e-3. Against the dequantized, unmerged model it is FP32_RTOL.
 INT8_RTOL = 1e-2
 
-RUNS = {
-    "lora-ddp": ["method=lora", "strategy=ddp"],
-    "qlora-fsdp": ["method=qlora", "strategy=fsdp", "train.save_interval=4"],
-    "qlora8-ddp": ["method=qlora", "method.bits=8", "strategy=ddp"],
-    "full-zero3": ["method=full", "strategy=zero3", "train.save_interval=4"],
-    "full-fsdp": ["method=full", "strategy=fsdp", "train.save_interval=4"],
-}
+# The runs (conftest.SHARED_RUNS, also read by the pair matrix): FAST, a checkpoint at step 4.
+RUNS = ["lora-ddp", "qlora-fsdp", "qlora8-ddp", "full-zero3", "full-fsdp"]
 # (run, checkpoint, dtype, tolerance); checkpoint None is final/.
 CASES = [
     ("lora-ddp", None, "fp32", FP32_RTOL),
@@ -52,13 +47,8 @@ HF_FILES = ["config.json", "generation_config.json", "model.safetensors", "token
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export-runs")
-    done = {}
-    for name, overrides in RUNS.items():
-        done[name] = root / name
-        run_shardtune("train", *overrides, *FAST, "train.keep_checkpoints=0", f"output_dir={done[name]}")
-    return done
+def runs(shared_run):
+    return {name: shared_run(name) for name in RUNS}
 
 
 def validation_batches(cfg, tokenizer, count: int = 2) -> list:

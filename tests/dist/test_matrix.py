@@ -2,7 +2,7 @@
 that do the same math agree step by step."""
 import pytest
 
-from conftest import FAST, final_val_loss, read_metrics, run_shardtune, train_losses
+from conftest import final_val_loss, read_metrics, train_losses
 
 PAIRS = [("full", "zero1"), ("full", "zero2"), ("full", "zero3"), ("full", "zero3_offload"),
          ("full", "ddp"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"), ("qlora", "ddp"), ("qlora", "fsdp")]
@@ -11,18 +11,10 @@ AGREEMENT_RTOL = 2e-4
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Train each pair once; the tests below read the run directories."""
-    root = tmp_path_factory.mktemp("matrix")
-    done = {}
-    for method, strategy in PAIRS:
-        output_dir = root / f"{method}-{strategy}"
-        extra = [] if method == "full" else ["method.dropout=0"]  # dropout masks would differ between wrappers
-        if (method, strategy) == ("lora", "ddp"):
-            extra.append("logger=wandb")  # offline (WANDB_MODE=offline in run_shardtune)
-        run_shardtune("train", f"method={method}", f"strategy={strategy}", f"output_dir={output_dir}", *FAST, *extra)
-        done[(method, strategy)] = output_dir
-    return done
+def runs(shared_run):
+    """Each pair trained once (conftest.SHARED_RUNS: FAST, LoRA dropout off, lora-ddp logs to W&B); the tests
+    below read the run directories."""
+    return {(method, strategy): shared_run(f"{method}-{strategy}") for method, strategy in PAIRS}
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
