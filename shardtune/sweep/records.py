@@ -26,6 +26,7 @@ class TrialRecord:
     peak_memory_gib: Optional[float] = None
     """GPU memory allocated at the peak on the busiest rank; on CPU the host memory of a worker."""
     wall_time_s: Optional[float] = None
+    """The trial's, start-up and data included."""
     started_at: Optional[float] = None
     """Unix times the trial started and ended (trials of a parallel sweep overlap)."""
     ended_at: Optional[float] = None
@@ -46,7 +47,6 @@ class TrialRecord:
         self.tokens_per_second = summary.get("tokens_per_second") or last_value(records, "tokens_per_second")
         self.peak_memory_gib = (summary.get("peak_mem_alloc_gib") or summary.get("host_rss_gib")
                                 or last_value(records, "peak_mem_alloc_gib") or last_value(records, "host_rss_gib"))
-        self.wall_time_s = summary.get("wall_time_s")
 
     def save(self, run_dir: Path) -> None:
         path = Path(run_dir) / RECORD_NAME

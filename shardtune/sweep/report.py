@@ -51,6 +51,12 @@ def number(value, digits: str = ".4g") -> str:
     return "" if value is None else format(value, digits)
 
 
+def short(error: str, limit: int = 160) -> str:
+    """An error as the table shows it: its first sentence, at most `limit` characters (results.csv has it whole)."""
+    first = error.split(". ")[0]
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
 def markdown(records: List[TrialRecord], sweep_dir: Path) -> str:
     keys = swept_keys(records)
     objective = records[0].objective
@@ -62,7 +68,7 @@ def markdown(records: List[TrialRecord], sweep_dir: Path) -> str:
              "|---|---|---|---|---|---|---|"]
     for record in records:
         swept = " ".join(f"{key}={record.params.get(key, '')}" for key in keys)
-        status = record.status + (f": {record.error}" if record.error else "")
+        status = record.status + (f": {short(record.error)}" if record.error else "")
         lines.append(f"| {record.number} | {swept} | {number(record.value)} | {number(record.tokens_per_second, ',.0f')} "
                      f"| {number(record.peak_memory_gib, '.2f')} | {status.replace('|', '/')} | {record.run_dir} |")
     best = records[0] if records[0].status == "completed" else None

@@ -63,7 +63,7 @@ def run_trial(cfg) -> float:
         log.exception("trial %d failed", number)
         record.status, record.error = "failed", f"{type(error).__name__}: {error}"
     record.ended_at = time.time()
-    record.wall_time_s = record.wall_time_s or record.ended_at - record.started_at
+    record.wall_time_s = record.ended_at - record.started_at
     record.save(run_dir)
     if record.status == "failed":
         log.error("trial %d failed: %s", number, record.error)
