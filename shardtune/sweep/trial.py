@@ -20,7 +20,7 @@ from ..data.errors import DataError
 from ..validation import ConfigError
 from .objective import EVAL_PREFIX, direction_of, objective_value, worst_value
 from .parallel import device_slot
-from .pruning import OPTUNA_SWEEPER, PRUNED_MARKER, check_pruning, study_location
+from .pruning import PRUNED_MARKER, check_pruning, study_location
 from .naming import identity
 from .records import TrialRecord, load_record, params_of
 
@@ -46,6 +46,8 @@ def run_trial(cfg) -> float:
             raise ConfigError("hydra.sweep.dir", f"{run_dir} holds trial {earlier.number} of another sweep "
                                                  f"({' '.join(earlier.overrides)}); use another hydra.sweep.dir")
         if earlier.finished and not (earlier.status == "failed" and cfg.sweep.retry_failed):
+            if earlier.objective != objective:  # sweep.objective changed: measure the finished run anew
+                remeasure(earlier, objective, run_dir)
             log.info("trial %d %s in an earlier run of this sweep (objective %s): skipped", number, earlier.status,
                      earlier.value)
             return value_for_sweeper(earlier)
@@ -70,6 +72,16 @@ def run_trial(cfg) -> float:
     else:
         log.info("trial %d %s: %s = %s", number, record.status, objective, record.value)
     return value_for_sweeper(record)
+
+
+def remeasure(record: TrialRecord, objective: str, run_dir: Path) -> None:
+    direction_of(objective)
+    record.objective, record.value = objective, None
+    if record.status == "completed":
+        if objective.startswith(EVAL_PREFIX) and not (run_dir / "eval.json").exists():
+            run_eval(run_dir, {})
+        record.value = objective_value(run_dir, objective)
+    record.save(run_dir)
 
 
 def value_for_sweeper(record: TrialRecord) -> float:

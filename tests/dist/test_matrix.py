@@ -2,7 +2,7 @@
 that do the same math agree step by step."""
 import pytest
 
-from conftest import final_val_loss, read_metrics, train_losses
+from conftest import final_val_loss, train_losses
 
 PAIRS = [("full", "zero1"), ("full", "zero2"), ("full", "zero3"), ("full", "zero3_offload"),
          ("full", "ddp"), ("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp"), ("qlora", "ddp"), ("qlora", "fsdp")]

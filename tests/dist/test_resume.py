@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import FAST, read_metrics, run_shardtune, train_losses
+from conftest import SHARED_RUNS, read_metrics, run_shardtune, train_losses
 
 # LoRA on DDP resumes through the same torch.distributed.checkpoint code as LoRA on FSDP (and the matrix
 # and export tests load its checkpoints); it is left out to keep the suite short.
@@ -12,11 +12,10 @@ CASES = [("lora", "fsdp"), ("full", "zero3"), ("qlora", "fsdp")]
 
 
 @pytest.mark.parametrize("pair", CASES, ids=lambda p: "-".join(p))
-def test_resume_matches_uninterrupted_run(tmp_path, pair):
-    method, strategy = pair
-    overrides = [f"method={method}", f"strategy={strategy}", *FAST, "train.save_interval=4", "train.keep_checkpoints=0"]
-    uninterrupted = tmp_path / "uninterrupted"
-    run_shardtune("train", *overrides, f"output_dir={uninterrupted}")
+def test_resume_matches_uninterrupted_run(tmp_path, shared_run, pair):
+    # The uninterrupted run is the pair's shared run (FAST, checkpoints at steps 4 and 8, all kept).
+    name = "-".join(pair)
+    overrides, uninterrupted = SHARED_RUNS[name], shared_run(name)
     assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == ["step-4", "step-8"]
 
     # An interrupted run: step 8's save never completed (no marker) and final/ was never written.
