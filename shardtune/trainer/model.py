@@ -8,7 +8,6 @@ works the same way, and a resumed run finds its frozen base again.
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from ..cluster.shared_fs import write_directory_atomically, write_once_per_filesystem
