@@ -99,3 +99,18 @@ def shared_run(tmp_path_factory):
                 run_shardtune("train", *SHARED_RUNS[name], f"output_dir={run_dir}")
         return run_dir
     return get
+
+
+# The files that take minutes, longest first: pytest-xdist (make test: -n 2 --dist loadfile) hands out files in
+# collection order, so starting these first keeps both workers busy to the end instead of one finishing alone.
+SLOW_FILES = ["tests/dist/test_matrix.py", "tests/sweep/test_optuna_sweeps.py", "tests/cluster/test_slurm.py",
+              "tests/dist/test_learning.py", "tests/sweep/test_grid_sweeps.py", "tests/cluster/test_two_hosts.py",
+              "tests/dist/test_options.py", "tests/dist/test_export.py", "tests/dist/test_resume.py",
+              "tests/dist/test_preemption.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return SLOW_FILES.index(path) if path in SLOW_FILES else len(SLOW_FILES)
+    items.sort(key=rank)  # stable: within a file, and among the other files, the order stays

@@ -46,7 +46,8 @@ def last_value(records: list, key: str) -> Optional[float]:
 
 
 def read_summary(run_dir: Path) -> dict:
-    path = Path(run_dir) / "summary.json"
+    from ..trainer.metrics import SUMMARY_FILE  # here: Hydra's plugin scan imports this module at every start
+    path = Path(run_dir) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 

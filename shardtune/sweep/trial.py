@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 
 from ..data.errors import DataError
+from ..trainer.metrics import SUMMARY_FILE
 from ..validation import ConfigError
 from .objective import EVAL_PREFIX, direction_of, objective_value, worst_value
 from .parallel import device_slot
@@ -125,8 +126,8 @@ def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
     if (run_dir / PRUNED_MARKER).exists():
         record.status, record.value = "pruned", record.val_loss
         return
-    if failure or not (run_dir / "summary.json").exists():
-        record.status, record.error = "failed", error_summary(output) or failure or "the run wrote no summary.json"
+    if failure or not (run_dir / SUMMARY_FILE).exists():
+        record.status, record.error = "failed", error_summary(output) or failure or f"the run wrote no {SUMMARY_FILE}"
         return
     if record.objective.startswith(EVAL_PREFIX):
         run_eval(run_dir, environment)

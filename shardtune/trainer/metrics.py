@@ -25,6 +25,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 GIB = 2**30
+SUMMARY_FILE = "summary.json"  # the finished run's summary rows, for sweeps and scripts
 Device = Union[str, torch.device]
 
 
@@ -295,7 +296,7 @@ class MetricsLogger:
         output_dir = Path(cfg.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / "metrics.jsonl"
-        self.summary_path = output_dir / "summary.json"
+        self.summary_path = output_dir / SUMMARY_FILE
         self.summary_path.unlink(missing_ok=True)  # written again when this run finishes
         if resumed:
             _drop_lines_after_step(self.metrics_path, last_kept_step=start_step)
@@ -349,7 +350,7 @@ class MetricsLogger:
         Console().print(table)
         tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, self.summary_path)  # summary.json: the finished run's numbers, for sweeps and scripts
+        os.replace(tmp, self.summary_path)
         if self._wandb_run is not None:
             self._wandb_run.summary.update(rows)
 
