@@ -101,3 +101,29 @@ def test_batch_script_picks_a_free_rendezvous_port_unless_given(tmp_path):
     assert "export RDZV_PORT=$(/usr/bin/python3 -c 'import socket;" in script
     cfg.cluster.rdzv_port = 29555
     assert "export RDZV_PORT=29555\n" in slurm.batch_script(cfg, tmp_path / "config.yaml", "/usr/bin/python3")
+
+
+def test_parallel_gpu_trials_each_hold_their_own_gpus(tmp_path, monkeypatch):
+    """8 GPUs, 2 per trial: 4 trials at once, and trials in flight together never share a GPU."""
+    import logging
+
+    import torch
+
+    from shardtune.sweep.parallel import device_slot
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cfg = compose_cfg("launcher.device=cuda", "launcher.nproc_per_node=2")
+    assert parallel_trials(cfg, 10) == 4 and parallel_trials(cfg, 3) == 3
+    log = logging.getLogger("test")
+    with device_slot(tmp_path, cfg, log) as first, device_slot(tmp_path, cfg, log) as second:
+        assert (first, second) == ({"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"})
+    with device_slot(tmp_path, cfg, log) as again:  # released when the trials ended
+        assert again == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # the node's share of a larger machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with device_slot(tmp_path, cfg, log) as first, device_slot(tmp_path, cfg, log) as second:
+        assert (first, second) == ({"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"})
+    cfg.sweep.parallel_trials = 3  # 3 x 2 GPUs do not fit on 4
+    with pytest.raises(ConfigError, match="sweep.parallel_trials: 3 trials of 2 GPU"):
+        parallel_trials(cfg, 6)
