@@ -63,7 +63,7 @@ def test_running_the_sweep_again_skips_finished_trials(grid):
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_other_completes(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    run_shardtune("train", "-m", *TRIAL, "optim.lr=3e-3,1e35", "sweep.parallel_trials=2",
+    run_shardtune("train", "-m", *TRIAL, "optim.lr=3e-3,1e35", "sweep.parallel_trials=2", "logger=wandb",
                   f"hydra.sweep.dir={sweep_dir}")
     rows = results(sweep_dir)
     assert [(row["optim.lr"], row["status"]) for row in rows] == [("0.003", "completed"), ("1e+35", "failed")]
@@ -72,3 +72,9 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_other_completes(tmp_pat
     # Both trials ran at once: each started before the other ended.
     spans = [(record["started_at"], record["ended_at"]) for record in map(trial_record, sweep_dir.glob("trial-*"))]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
+    # Each trial is its own W&B run, named after the trial and grouped under the sweep.
+    from wandb_reader import read_wandb_records
+    for number in (0, 1):
+        run_file = next((sweep_dir / f"trial-{number}" / "wandb").glob("offline-run-*/run-*.wandb"))
+        run = next(record.run for record in read_wandb_records(run_file) if record.HasField("run"))
+        assert (run.run_group, run.display_name) == (sweep_dir.name, f"{sweep_dir.name}/trial-{number}")
