@@ -3,6 +3,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def shared_run(tmp_path_factory):
         with open(root / f"{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if not (run_dir / "summary.json").exists():
-                subprocess.run(["rm", "-rf", str(run_dir)], check=True)  # a run that died half-way
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run that died half-way
                 run_shardtune("train", *SHARED_RUNS[name], f"output_dir={run_dir}")
         return run_dir
     return get

@@ -5,16 +5,14 @@ from dataclasses import dataclass
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
-from shardtune.sweep.objective import direction_of
+from shardtune.sweep.objective import check_sweep_settings
 from shardtune.sweep.parallel import parallel_trials
-from shardtune.sweep.pruning import check_pruning
 
 
 class ShardtuneLauncher(JoblibLauncher):
     def launch(self, job_overrides, initial_job_idx):
         # Settings every trial shares are checked once here, before any trial starts.
-        direction_of(self.config.sweep.objective)
-        check_pruning(self.config, self.config.hydra.sweeper.get("_target_", ""))
+        check_sweep_settings(self.config, self.config.hydra.sweeper.get("_target_", ""))
         self.joblib["n_jobs"] = parallel_trials(self.config, len(job_overrides))
         return super().launch(job_overrides, initial_job_idx)
 

@@ -17,8 +17,9 @@ SLOTS_DIR = ".slots"
 
 
 def uses_cuda(cfg) -> bool:
-    import torch  # here: Hydra imports this module (through the launcher plugin) at every start
-    return cfg.launcher.device == "cuda" or (cfg.launcher.device == "auto" and torch.cuda.is_available())
+    # Imported here: Hydra imports this module (through the launcher plugin) at every start.
+    from ..launcher.torchrun import detect_device
+    return detect_device(cfg.launcher.device, check_devices=False) == "cuda"
 
 
 def parallel_trials(cfg, num_trials: int = 1 << 30) -> int:

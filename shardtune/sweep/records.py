@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .naming import identity
-from .objective import last_value, read_metrics, read_summary
+from .objective import measurements
 
 RECORD_NAME = "trial.json"
 FINISHED = ("completed", "pruned", "failed")  # "running" is the other status: in flight, or interrupted
@@ -40,13 +40,12 @@ class TrialRecord:
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def measure(self, run_dir: Path) -> None:
-        """Fill in what the run measured (its summary.json, else its last logged values)."""
-        records, summary = read_metrics(run_dir), read_summary(run_dir)
-        self.val_loss = last_value(records, "val/loss")
-        self.tokens_per_second = summary.get("tokens_per_second") or last_value(records, "tokens_per_second")
-        self.peak_memory_gib = (summary.get("peak_mem_alloc_gib") or summary.get("host_rss_gib")
-                                or last_value(records, "peak_mem_alloc_gib") or last_value(records, "host_rss_gib"))
+    def measure(self, run_dir: Path) -> dict:
+        """Fill in what the run measured; returns objective.measurements(run_dir)."""
+        measured = measurements(run_dir)
+        self.val_loss, self.tokens_per_second = measured["val_loss"], measured["tokens_per_second"]
+        self.peak_memory_gib = measured["peak_memory_gib"]
+        return measured
 
     def save(self, run_dir: Path) -> None:
         path = Path(run_dir) / RECORD_NAME

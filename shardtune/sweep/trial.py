@@ -7,6 +7,7 @@ sweeper gets the worst value, so the sweep goes on. A trial that finished in an 
 skipped; one that was interrupted continues from its last checkpoint.
 """
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from ..data.errors import DataError
 from ..trainer.metrics import SUMMARY_FILE
 from ..validation import ConfigError
-from .objective import EVAL_PREFIX, direction_of, objective_value, worst_value
+from .objective import EVAL_PREFIX, check_sweep_settings, direction_of, objective_value, worst_value
 from .parallel import device_slot
-from .pruning import PRUNED_MARKER, check_pruning, study_location
+from .pruning import PRUNED_MARKER, study_location
 from .naming import identity
 from .records import TrialRecord, load_record, params_of
 
@@ -94,11 +95,7 @@ def value_for_sweeper(record: TrialRecord) -> float:
 
 def configure_trial(cfg, hydra_cfg, run_dir: Path, sweep_dir: Path, number: int) -> None:
     """Point the run at the trial's directory and name it after the sweep."""
-    direction_of(cfg.sweep.objective)
-    check_pruning(cfg, hydra_cfg.sweeper.get("_target_", ""))
-    if cfg.sweep.objective.startswith(EVAL_PREFIX) and cfg.cluster.name == "slurm":
-        raise ConfigError("sweep.objective", "eval/ objectives run shardtune eval where the sweep runs, after the "
-                                             "trial's job; with cluster=slurm use val_loss, train_loss or tokens_per_second")
+    check_sweep_settings(cfg, hydra_cfg.sweeper.get("_target_", ""))
     cfg.output_dir = str(run_dir)
     cfg.resume = "auto"  # an interrupted trial continues from its last checkpoint; a new one starts
     cfg.logger.group = cfg.logger.group or sweep_dir.name
@@ -122,7 +119,7 @@ def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
         failure, output = run_slurm_job(cfg, plan, record)
     else:
         failure, output = run_workers(plan, cfg.launcher, environment, run_dir, record.number)
-    record.measure(run_dir)
+    measured = record.measure(run_dir)
     if (run_dir / PRUNED_MARKER).exists():
         record.status, record.value = "pruned", record.val_loss
         return
@@ -131,7 +128,7 @@ def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
         return
     if record.objective.startswith(EVAL_PREFIX):
         run_eval(run_dir, environment)
-    record.status, record.value = "completed", objective_value(run_dir, record.objective)
+    record.status, record.value = "completed", objective_value(run_dir, record.objective, measured)
     if record.value is None:
         record.status, record.error = "failed", f"the run did not measure {record.objective}"
 
@@ -172,7 +169,6 @@ def run_slurm_job(cfg, plan, record: TrialRecord) -> tuple:
 
 def run_eval(run_dir: Path, environment: dict) -> None:
     """`shardtune eval` on the validation split: hyperparameters are chosen on validation, never on test."""
-    import os
     result = subprocess.run([sys.executable, "-m", "shardtune.cli", "eval", str(run_dir), "--split", "validation"],
                             env={**os.environ, **environment}, capture_output=True, text=True)
     if result.returncode != 0:

@@ -84,8 +84,8 @@ class Trainer:
         self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
                                      resumed=resume_from is not None)
         # A sweep's trial with a pruner: rank 0 reports validation losses to the sweep's Optuna study.
-        self.pruning = (pruning.TrialPruning(cfg.sweep) if self.rank == 0 and cfg.sweep.optuna_trial is not None
-                        and cfg.sweep.pruner != "none" else None)
+        self.prunable = cfg.sweep.optuna_trial is not None and cfg.sweep.pruner != "none"
+        self.pruning = pruning.TrialPruning(cfg.sweep) if self.prunable and self.rank == 0 else None
         self.throughput = ThroughputMeter(
             flops_per_token(self.model_config, cfg.train.seq_len, self.num_params, self.num_trainable_params),
             peak_flops(self.device), self.world_size, self.device)
@@ -197,7 +197,7 @@ class Trainer:
 
     def pruned(self, results: dict) -> bool:
         """Whether the sweep's pruner stops this trial after this evaluation (rank 0 asks; all ranks follow)."""
-        if self.cfg.sweep.optuna_trial is None or self.cfg.sweep.pruner == "none" or not results:
+        if not self.prunable or not results:
             return False
         verdict = torch.tensor([int(self.pruning.should_prune(self.step, results["val/loss"]))
                                 if self.pruning else 0], device=self.device)

@@ -2,7 +2,6 @@
 data refused before any worker starts."""
 import copy
 import json
-import os
 
 import pytest
 from omegaconf import OmegaConf
