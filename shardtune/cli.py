@@ -23,7 +23,6 @@ sweep report <sweep_dir>   results.csv, results.md and objective.png of a sweep;
 """
 import importlib
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -32,22 +31,10 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .data.errors import DataError
-from .validation import ConfigError
+from .errors import ConfigError, DataError
+from .strategy_registry import strategy_spec
 
-log = logging.getLogger("shardtune")
 USAGE = __doc__
-
-
-def prepare_data(cfg: DictConfig, rebuild: bool = False):
-    """Tokenize (or find in the cache) the run's data in this process, so bad data fails before workers start."""
-    from .data import prepare
-    from .trainer.model import build_tokenizer
-    tokenizer = build_tokenizer(cfg.model)
-    prepared, path, reused = prepare(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed, rebuild=rebuild)
-    log.info("data %s %s: %s", "reused from" if reused else "prepared in", path,
-             ", ".join(f"{key} {value}" for key, value in prepared.report.items()))
-    return prepared, tokenizer
 
 
 def train(cfg: DictConfig):
@@ -56,53 +43,15 @@ def train(cfg: DictConfig):
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         from .sweep.trial import run_trial
         return run_trial(cfg)  # a trial of a sweep: the sweeper gets its objective
-    from .launcher.torchrun import plan_launch, refuse_existing_run, write_run_config
-    plan = plan_launch(cfg)
-    refuse_existing_run(cfg, plan.config_path.parent)  # before the data work, which may take a while
-    if cfg.cluster.name == "local":
-        from .cluster.rendezvous import check_rendezvous_reachable
-        check_rendezvous_reachable(cfg.launcher, log)  # other nodes: fail clearly rather than hang in torchrun
-    if cfg.launcher.node_rank == 0:
-        prepare_data(cfg)  # once per cluster: the workers of every node load this cache entry
-    else:
-        log.info("node %d: node 0's launcher prepares the data; the workers load it from the cache (or build "
-                 "it where this node does not share node 0's cache directory)", cfg.launcher.node_rank)
-    write_run_config(cfg, plan)
-    if cfg.cluster.name == "slurm":
-        submit_to_slurm(cfg, plan)
-    else:
-        run_locally(cfg, plan)
-
-
-def run_locally(cfg: DictConfig, plan) -> None:
-    from .cluster.slurm import PREEMPTED_MARKER
-    from .launcher.torchrun import run_torchrun
-    output_dir = plan.config_path.parent
-    log.info("run directory %s; %d workers (%s): %s", output_dir, plan.world_size, plan.device_type,
-             plan.command_line())
-    returncode = run_torchrun(plan, cfg.launcher)
-    if returncode:
-        sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {output_dir}")
-    if (output_dir / PREEMPTED_MARKER).exists():
-        log.info("stopped on SIGUSR1 after saving a checkpoint; continue with: shardtune train ... "
-                 "output_dir=%s resume=auto", output_dir)
-
-
-def submit_to_slurm(cfg: DictConfig, plan) -> str:
-    from .cluster import slurm
-    script = slurm.write_batch_script(cfg, plan.config_path, sys.executable)
-    job_id = slurm.submit(script)
-    output_dir = plan.config_path.parent
-    print(f"submitted Slurm job {job_id}: {cfg.cluster.nodes} node(s) x {plan.nproc_per_node} worker(s)\n"
-          f"  script  {script}\n  log     {slurm.log_path(output_dir, job_id)}\n"
-          f"  status  shardtune status {output_dir}\n  cancel  shardtune cancel {output_dir}", flush=True)
-    return job_id
+    from .launcher.launch import launch
+    launch(cfg)
 
 
 def plan(cfg: DictConfig) -> None:
     from .launcher.memory import estimate_memory
     from .launcher.torchrun import plan_launch
     launch = plan_launch(cfg, check_devices=False)
+    cfg = launch.config
     print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
     print(f"world size: {launch.world_size} ({cfg.launcher.nnodes} node(s) x {launch.nproc_per_node} "
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
@@ -111,28 +60,30 @@ def plan(cfg: DictConfig) -> None:
     if cfg.cluster.name == "slurm":
         from .cluster.slurm import SCRIPT_NAME, SLURM_DIR, batch_script
         print(f"each node (one srun task per node): {launch.command_line()}")
-        print(f"sbatch script ({launch.config_path.parent / SLURM_DIR / SCRIPT_NAME}; nothing submitted):")
+        print(f"sbatch script ({launch.output_dir / SLURM_DIR / SCRIPT_NAME}; nothing submitted):")
         print(batch_script(cfg, launch.config_path, sys.executable))
     else:
         print(f"command: {launch.command_line()}")
-    if "stage" in cfg.strategy:
-        from .trainer.model import DTYPES
+    if strategy_spec(cfg.strategy).kind == "deepspeed":
+        from .precision import DTYPES
         from .trainer.strategies.deepspeed import deepspeed_config
         print("DeepSpeed config:\n" + json.dumps(deepspeed_config(cfg, DTYPES[cfg.train.precision]), indent=2))
     print(estimate_memory(cfg, launch.world_size).format())
 
 
 def data_prepare(cfg: DictConfig) -> None:
-    from .validation import validate
+    from .launcher.launch import tokenize_data
+    from .launcher.validation import validate
     validate(cfg, "cpu", 1)
-    prepare_data(cfg, rebuild="--rebuild" in FLAGS)
+    tokenize_data(cfg, rebuild="--rebuild" in FLAGS)
 
 
 def data_preview(cfg: DictConfig) -> None:
     from .data.preview import format_preview
-    from .validation import validate
+    from .launcher.launch import tokenize_data
+    from .launcher.validation import validate
     validate(cfg, "cpu", 1)
-    prepared, tokenizer = prepare_data(cfg)
+    prepared, tokenizer, _ = tokenize_data(cfg)
     split = FLAGS.get("--split", "train")
     if split not in ("train", "validation", "test"):
         sys.exit(f"shardtune: --split must be train, validation or test, got {split!r}")

@@ -2,7 +2,7 @@
 
 The dataclasses are the schema and the documentation. YAML files under conf/ only choose a group
 option and override fields. OmegaConf refuses unknown keys and wrong types against these classes;
-`validate` (in validation.py) adds the rules that span several fields.
+`validate` (launcher/validation.py) adds the rules that span several fields.
 """
 import os
 from dataclasses import dataclass, field
@@ -10,7 +10,9 @@ from importlib import resources
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .strategy_registry import SCHEMAS, STRATEGIES
 
 
 def asset_path(name: str) -> str:
@@ -89,43 +91,6 @@ class QLoraMethodConfig(LoraMethodConfig):
 
 
 @dataclass
-class DDPStrategyConfig:
-    """torch DistributedDataParallel: every rank holds the whole model."""
-    name: str = "ddp"
-    bucket_cap_mb: int = 25
-    static_graph: bool = False
-
-
-@dataclass
-class FSDPStrategyConfig:
-    """FSDP2 (torch.distributed.fsdp.fully_shard) per decoder layer, with a mixed-precision policy."""
-    name: str = "fsdp"
-    reshard_after_forward: bool = True
-    """Free gathered weights after forward (ZeRO-3 like); false keeps them until backward (ZeRO-2 like)."""
-    reduce_dtype: str = "fp32"
-    """Dtype of the gradient reduce-scatter."""
-    cpu_offload: bool = False
-    """Keep sharded parameters, gradients and optimizer state in host memory."""
-
-
-@dataclass
-class DeepSpeedStrategyConfig:
-    """DeepSpeed ZeRO. The DeepSpeed JSON is generated from these fields and the train section."""
-    name: str = MISSING
-    stage: int = MISSING
-    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
-    offload_optimizer: bool = False
-    """Optimizer state and step on the CPU (DeepSpeedCPUAdam)."""
-    offload_param: bool = False
-    """Parameters in host memory between uses (stage 3 only)."""
-    overlap_comm: bool = True
-    contiguous_gradients: bool = True
-    reduce_bucket_size: int = 50_000_000
-    extra: Dict[str, Any] = field(default_factory=dict)
-    """Expert keys merged last into the generated DeepSpeed JSON (e.g. {zero_optimization: {...}})."""
-
-
-@dataclass
 class DataSourceConfig:
     """One dataset: a local file, a directory of files, or a hub dataset name."""
     path: str = MISSING
@@ -184,6 +149,9 @@ class DataConfig:
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; null = $SHARDTUNE_DATA_CACHE or ~/.cache/shardtune/data. Use a shared
     filesystem on clusters."""
+    cache_entry: Optional[str] = None
+    """Set by the launcher, not by users: the cache entry it tokenized for this run, which the workers load without
+    computing its key again."""
     num_proc: int = 1
     """Processes for tokenization."""
 
@@ -369,10 +337,11 @@ class Config:
 
 
 METHOD_SCHEMAS = {"full": FullMethodConfig, "lora": LoraMethodConfig, "qlora": QLoraMethodConfig}
-STRATEGY_SCHEMAS = {"ddp": DDPStrategyConfig, "fsdp": FSDPStrategyConfig, "deepspeed": DeepSpeedStrategyConfig}
 
 
 def register_configs() -> None:
+    """Store the schema in Hydra's ConfigStore (the YAML groups extend these nodes). Hydra's sweep plugins register
+    their own configs when Hydra scans them (hydra_plugins/shardtune_sweeps)."""
     cs = ConfigStore.instance()
     cs.store(name="shardtune_schema", node=Config)
     cs.store(group="schema/model", name="model", node=ModelConfig)
@@ -382,34 +351,24 @@ def register_configs() -> None:
     cs.store(group="schema/cluster", name="cluster", node=ClusterConfig)
     for name, schema in METHOD_SCHEMAS.items():
         cs.store(group="schema/method", name=name, node=schema)
-    for name, schema in STRATEGY_SCHEMAS.items():
-        cs.store(group="schema/strategy", name=name, node=schema)
-    register_sweep_plugins(cs)
+    for kind, schema in SCHEMAS.items():
+        cs.store(group="schema/strategy", name=kind, node=schema)
 
 
-def register_sweep_plugins(cs: ConfigStore) -> None:
-    """hydra/launcher=shardtune, and shardtune's hydra/sweeper=optuna in place of the plugin's own.
-
-    Hydra imports every plugin module when it first scans them, and the Optuna plugin registers its sweeper config
-    then; scanning first makes ours, stored after, the one that counts."""
-    from hydra.core.plugins import Plugins
-    # optuna 2.x (the plugin's pin) uses SQLAlchemy 1.x APIs on purpose; its import-time warning is not the user's.
-    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
-    Plugins.instance()
-    from hydra_plugins.shardtune_sweeps.launcher import ShardtuneLauncherConf
-    from hydra_plugins.shardtune_sweeps.optuna_sweeper import ShardtuneOptunaSweeperConf
-    cs.store(group="hydra/launcher", name="shardtune", node=ShardtuneLauncherConf, provider="shardtune")
-    cs.store(group="hydra/sweeper", name="optuna", node=ShardtuneOptunaSweeperConf, provider="shardtune")
-
-
-def strategy_schema(strategy_cfg) -> type:
-    return DeepSpeedStrategyConfig if "stage" in strategy_cfg else STRATEGY_SCHEMAS[strategy_cfg["name"]]
+def typed_config(cfg) -> DictConfig:
+    """`cfg` (a composed config, or a run's config.yaml) merged into the typed schema: the method and the strategy
+    into the schema their name selects (left untyped where the name is unknown, for validation to name). Raises
+    OmegaConf's errors, whose full_key names the key, for keys the schema lacks and values of the wrong type."""
+    # A plain copy: merging the composed node itself would carry keys that Hydra's `+key=value` appended along.
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    typed = OmegaConf.structured(Config)
+    if plain["method"]["name"] in METHOD_SCHEMAS:
+        typed.method = OmegaConf.structured(METHOD_SCHEMAS[plain["method"]["name"]])
+    if plain["strategy"]["name"] in STRATEGIES:
+        typed.strategy = OmegaConf.structured(STRATEGIES[plain["strategy"]["name"]].schema)
+    return OmegaConf.merge(typed, plain)
 
 
-def load_resolved(path) -> Any:
+def load_resolved(path) -> DictConfig:
     """Read a run's resolved config.yaml back into typed OmegaConf nodes (what workers do)."""
-    raw = OmegaConf.load(path)
-    typed = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items() if k not in ("method", "strategy")})
-    typed.method = OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[raw.method.name]), raw.method)
-    typed.strategy = OmegaConf.merge(OmegaConf.structured(strategy_schema(raw.strategy)), raw.strategy)
-    return typed
+    return typed_config(OmegaConf.load(path))

@@ -1,6 +1,6 @@
 """`shardtune export`: a run's trained weights as a plain Hugging Face model directory.
 
-Owns turning what trained.py loads into a directory that `AutoModelForCausalLM.from_pretrained` reads
+Owns turning what finished_run.py loads into a directory that `AutoModelForCausalLM.from_pretrained` reads
 without peft or bitsandbytes: LoRA adapters merged into the base (peft's merge_and_unload), QLoRA adapters
 merged into the dequantized 4-bit / 8-bit base, full fine-tunes from final/ or any checkpoint consolidated
 to safetensors. The directory is written next to its destination and renamed into place, so a reader
@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from .trainer.model import DTYPES
-from .trained import RunDirError, Source, build_trained_model, load_tokenizer, resolve_source
+from .finished_run import RunDirError, Source, build_trained_model, load_tokenizer, resolve_source
+from .precision import DTYPES
 
 log = logging.getLogger("shardtune")
 

@@ -1,7 +1,6 @@
 """Shared test helpers: run the real `shardtune` command and read what it wrote."""
 import copy
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from shardtune.config import register_configs
+from shardtune.run_dir import SUMMARY_FILE, read_metrics
 
 # Small and fast, but every part of the loop runs: 2 gloo workers, tiny Llama, bundled data.
 FAST = ["train.max_steps=8", "train.seq_len=64", "train.micro_batch_size=4", "train.log_interval=1",
@@ -43,10 +43,6 @@ def run_shardtune(command: str, *overrides: str, check: bool = True, env: dict =
     if check and result.returncode != 0:
         raise AssertionError(f"shardtune {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
-
-
-def read_metrics(output_dir) -> list:
-    return [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
 
 
 def train_losses(output_dir) -> dict:
@@ -95,7 +91,7 @@ def shared_run(tmp_path_factory):
         run_dir = root / name
         with open(root / f"{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            if not (run_dir / "summary.json").exists():
+            if not (run_dir / SUMMARY_FILE).exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # a run that died half-way
                 run_shardtune("train", *SHARED_RUNS[name], f"output_dir={run_dir}")
         return run_dir

@@ -1,3 +1,3 @@
 """shardtune's Hydra plugins (Hydra only loads plugins from the hydra_plugins package): the launcher that runs a
 sweep's trials side by side where the devices allow, and the Optuna sweeper with a persistent study and pruning.
-Their configs are registered by shardtune.config.register_configs."""
+Each registers its config when Hydra's plugin scan imports it."""

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from shardtune.sweep.objective import direction_of
 from shardtune.sweep.parallel import parallel_trials
 from shardtune.sweep.pruning import study_location
-from shardtune.validation import ConfigError
+from shardtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "shardtune_interrupted"  # user attribute of a trial that was cut off and asked for again

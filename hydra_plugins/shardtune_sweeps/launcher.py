@@ -1,7 +1,9 @@
 """hydra/launcher=shardtune (the default): Hydra's joblib launcher, with as many trials in flight as
-shardtune.sweep.parallel.parallel_trials allows (one at a time runs in this process, as Hydra's basic launcher does)."""
+shardtune.sweep.parallel.parallel_trials allows (one at a time runs in this process, as Hydra's basic launcher does).
+Its config is registered when Hydra's plugin scan imports this module, as every Hydra plugin's is."""
 from dataclasses import dataclass
 
+from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
@@ -20,3 +22,6 @@ class ShardtuneLauncher(JoblibLauncher):
 @dataclass
 class ShardtuneLauncherConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.shardtune_sweeps.launcher.ShardtuneLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="shardtune", node=ShardtuneLauncherConf, provider="shardtune")

@@ -1,10 +1,19 @@
 """hydra/sweeper=optuna: Hydra's Optuna sweeper plugin with a persistent study, pruning, the objective's direction
-and re-runs that continue the study (_optuna_impl.py). This module stays light: Hydra imports it at every start."""
+and re-runs that continue the study (_optuna_impl.py). This module stays light: Hydra imports it at every start.
+
+Its config replaces the plugin's own hydra/sweeper=optuna: importing the plugin's config module (below) stores the
+plugin's entry first, whichever order Hydra's plugin scan takes, and ours is stored after it.
+"""
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+# optuna 2.x (the plugin's pin) uses SQLAlchemy 1.x APIs on purpose; its import-time warning is not the user's.
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
 
 
 class ShardtuneOptunaSweeper(Sweeper):
@@ -24,3 +33,6 @@ class ShardtuneOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.shardtune_sweeps.optuna_sweeper.ShardtuneOptunaSweeper"
     direction: Any = None  # null: from sweep.objective
     n_jobs: Optional[int] = None  # null: sweep.parallel_trials
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=ShardtuneOptunaSweeperConf, provider="shardtune")

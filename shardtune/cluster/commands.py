@@ -1,12 +1,12 @@
 """`shardtune status <run_dir>` and `shardtune cancel <run_dir>`: the Slurm job of a run submitted with
 cluster=slurm, found through the job id the submission left in <run_dir>/slurm/job_id."""
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from ..validation import ConfigError
+from ..errors import ConfigError
+from ..run_dir import FINAL_DIR, last_logged_step
 from .slurm import JOB_ID_FILE, SLURM_DIR, log_path, run_slurm_command
 
 
@@ -44,12 +44,6 @@ def wait_for_job(job_id: str, poll_interval_s: float) -> str:
         time.sleep(poll_interval_s)
 
 
-def last_logged_step(run_dir: Path):
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1])["step"] if lines else None
-
-
 def run_dir_and_job(argv, command: str, description: str) -> tuple:
     parser = argparse.ArgumentParser(prog=f"shardtune {command}", description=description)
     parser.add_argument("run_dir", type=Path)
@@ -72,7 +66,7 @@ def status_command(argv) -> None:
     print(f"log: {log_path(run_dir, job_id)}")
     step = last_logged_step(run_dir)
     print(f"last logged step: {step if step is not None else 'none yet'}; final model: "
-          f"{'written' if (run_dir / 'final').is_dir() else 'not yet'}")
+          f"{'written' if (run_dir / FINAL_DIR).is_dir() else 'not yet'}")
 
 
 def cancel_command(argv) -> None:

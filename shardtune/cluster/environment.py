@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
-from ..validation import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("shardtune")
 

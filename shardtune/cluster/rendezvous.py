@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Tuple
 
-from ..validation import ConfigError
+from ..errors import ConfigError
 
 C10D_DEFAULT_PORT = 29400  # torchrun's own default for --rdzv-endpoint without a port
 STATIC_DEFAULT_PORT = 29500

@@ -3,12 +3,9 @@
 On a shared filesystem one writer serves every node: global rank 0 writes first. A node that does not
 see the file afterwards (its own disk, not shared) then writes its own copy from its first rank. Writers
 stage in a temporary directory and rename it into place, so a reader never sees half a file and, where a
-slow shared filesystem hides the first copy, the second rename changes nothing.
+slow shared filesystem hides the first copy, the second rename changes nothing (run_dir.write_directory_atomically).
 """
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import torch.distributed as dist
@@ -22,22 +19,3 @@ def write_once_per_filesystem(is_complete: Callable[[], bool], write: Callable[[
         if is_writer and not is_complete():
             write()
         dist.barrier()
-
-
-def write_directory_atomically(path: Path, fill: Callable[[Path], None], is_complete: Callable[[], bool]) -> None:
-    """fill(staging) writes the directory's contents into a staging directory beside `path`, which is then
-    renamed to `path`. Debris of a writer that crashed is replaced; another writer's complete copy is kept."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        fill(staging)
-        if path.exists() and not is_complete():
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.rename(staging, path)
-        except OSError:  # another writer finished first
-            if not is_complete():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -21,10 +21,10 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from ..errors import ConfigError
 # Rank 0 writes PREEMPTED after the checkpoint it saved on SIGUSR1; the batch script requeues when it finds
 # it. A file rather than an exit code: torchrun reports any failed worker as exit code 1.
-from ..trainer.preemption import PREEMPTED_MARKER
-from ..validation import ConfigError
+from ..run_dir import PREEMPTED_MARKER
 from .rendezvous import c10d_arguments, socket_environment
 
 log = logging.getLogger("shardtune")

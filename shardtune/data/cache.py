@@ -6,31 +6,32 @@ seed, so changing any of them builds a new entry. An entry is written to a tempo
 renamed into place with a COMPLETE marker: readers never see half of one, and of two concurrent
 writers (one per node on a shared filesystem) one wins and the other's copy is discarded.
 
-In a run, the launcher prepares the cache before starting workers (errors surface there); workers load
-it. A worker that finds no entry (a node without the shared filesystem) builds it: global rank 0 first,
-then local rank 0 of any node still without it, while the other ranks wait.
+In a run, the launcher builds the entry before starting workers (errors surface there) and records it in
+the run's config (data.cache_entry); workers load it. A worker that finds no entry (a node without the shared
+filesystem) builds it: global rank 0 first, then local rank 0 of any node still without it, while the other
+ranks wait.
 """
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Tuple
 
 from datasets import Dataset, load_from_disk
 from omegaconf import OmegaConf
 
-from .prepare import PreparedData, build, sources
+from ..cluster.shared_fs import write_once_per_filesystem
+from ..run_dir import COMPLETE_MARKER, is_complete, write_directory_atomically
+from .pipeline import PreparedData, build, sources
 from .sources import SPLITS, looks_local
 
 log = logging.getLogger("shardtune")
 CACHE_VERSION = 2  # bump when the prepared format changes
-COMPLETE_MARKER = "COMPLETE"
 EMPTY_SPLIT = "empty-split.json"
 # Settings that do not change the prepared rows.
-NOT_IN_KEY = ("name", "cache_dir", "num_proc")
+NOT_IN_KEY = ("name", "cache_dir", "cache_entry", "num_proc")
 
 
 def cache_root(data_cfg) -> Path:
@@ -67,10 +68,6 @@ def entry_path(data_cfg, tokenizer, seq_len: int, seed: int) -> Path:
     return cache_root(data_cfg) / cache_key(data_cfg, tokenizer, seq_len, seed)[0]
 
 
-def is_complete(path: Path) -> bool:
-    return (path / COMPLETE_MARKER).exists()
-
-
 def _save_split(split: Dataset, path: Path) -> None:
     if len(split):
         split.save_to_disk(str(path))
@@ -91,25 +88,18 @@ def load_entry(path: Path) -> PreparedData:
 
 
 def write_entry(path: Path, prepared: PreparedData, material: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    def fill(staging: Path) -> None:
         for name in SPLITS:
             _save_split(prepared.split(name), staging / name)
         (staging / "report.json").write_text(json.dumps(prepared.report, indent=1))
         (staging / "key.json").write_text(json.dumps(material, indent=1))
         (staging / COMPLETE_MARKER).touch()
-        try:
-            os.rename(staging, path)
-        except OSError:  # another writer got there first; its entry is the same
-            if not is_complete(path):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_directory_atomically(path, fill, lambda: is_complete(path))  # of two writers, the first one's stays
 
 
-def prepare(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False) -> Tuple[PreparedData, Path, bool]:
-    """(the prepared splits, their cache entry, whether it was already there)."""
+def load_or_build(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False) -> Tuple[PreparedData, Path, bool]:
+    """(the tokenized splits, their cache entry, whether it was already there)."""
     key, material = cache_key(data_cfg, tokenizer, seq_len, seed)
     path = cache_root(data_cfg) / key
     if (rebuild or not is_complete(path)) and path.exists():
@@ -121,9 +111,13 @@ def prepare(data_cfg, tokenizer, seq_len: int, seed: int, rebuild: bool = False)
     return prepared, path, False
 
 
-def prepare_in_workers(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[PreparedData, Path]:
-    """Collective: every rank calls it and gets the same splits, built at most once per filesystem."""
-    from ..cluster.shared_fs import write_once_per_filesystem
-    path = entry_path(data_cfg, tokenizer, seq_len, seed)
-    write_once_per_filesystem(lambda: is_complete(path), lambda: prepare(data_cfg, tokenizer, seq_len, seed))
+def load_or_build_in_workers(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[PreparedData, Path]:
+    """Collective: every rank calls it and gets the same splits, built at most once per filesystem. The entry is
+    the one the launcher recorded in data.cache_entry, or (no launcher) the one the key names."""
+    path = Path(data_cfg.cache_entry) if data_cfg.cache_entry else entry_path(data_cfg, tokenizer, seq_len, seed)
+
+    def build_here() -> None:  # a node that does not see the entry (its own disk) builds its copy at the same path
+        write_entry(path, build(data_cfg, tokenizer, seq_len, seed), cache_key(data_cfg, tokenizer, seq_len, seed)[1])
+
+    write_once_per_filesystem(lambda: is_complete(path), build_here)
     return load_entry(path), path

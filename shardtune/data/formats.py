@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from datasets import Dataset
 
-from .errors import DataError
+from ..errors import DataError
 from .sources import RawSplit
 
 Segment = Tuple[str, bool]  # (text, trained on)

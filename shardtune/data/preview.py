@@ -2,7 +2,7 @@
 can check their template and masking before paying for a run."""
 from typing import List
 
-from .prepare import PreparedData
+from .pipeline import PreparedData
 from .tokenize import IGNORE_INDEX
 
 MASK_OPEN, MASK_CLOSE = "«", "»"

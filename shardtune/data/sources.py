@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 import datasets
 from datasets import Dataset
 
-from .errors import DataError
+from ..errors import DataError
+from ..paths import looks_like_local_path
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SPLITS = ("train", "validation", "test")
@@ -41,7 +42,6 @@ class RawSplit:
 
 def looks_local(path: str) -> bool:
     """A local path rather than a hub name; a data file's suffix says so even when the file is missing."""
-    from ..validation import looks_like_local_path
     return looks_like_local_path(path) or Path(path).suffix in BUILDERS
 
 

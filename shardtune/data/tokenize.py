@@ -6,7 +6,7 @@ from typing import Optional
 
 from datasets import Dataset
 
-from .errors import DataError
+from ..errors import DataError
 from .formats import Format
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,7 @@ ROUGE-L. With --compare-base the model the run started from is measured the same
 to <run>/eval.json (eval-step-N.json for a checkpoint), the console, and the run's W&B run.
 """
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -17,8 +15,10 @@ from typing import List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from ..data import Collator, DataError, prepare
+from ..data import Collator, load_or_build
 from ..data.tokenize import IGNORE_INDEX
+from ..errors import DataError
+from ..run_dir import EVAL_FILE, write_json_atomic
 from .generate import greedy_token_ids
 from .scores import exact_match, rouge_l
 
@@ -63,7 +63,7 @@ def base_model_of(trained, source, device):
     """The model the run started from, and a context to measure it in: LoRA's adapters switched off, or
     for full fine-tuning the base weights loaded beside the trained model."""
     import contextlib
-    from ..trained import base_model_source
+    from ..finished_run import base_model_source
     from ..trainer.model import load_base_model
     if hasattr(trained, "disable_adapter"):
         return trained, trained.disable_adapter()
@@ -73,12 +73,12 @@ def base_model_of(trained, source, device):
 
 def evaluate_run(args) -> tuple:
     """(results, the run's config)."""
-    from ..trained import build_trained_model, load_tokenizer, resolve_source
+    from ..finished_run import build_trained_model, load_tokenizer, resolve_source
     source = resolve_source(args.run_dir, args.checkpoint)
     cfg = source.config
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = load_tokenizer(source)
-    prepared, _, _ = prepare(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
+    prepared, _, _ = load_or_build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed)
     rows = prepared.split(args.split)
     if args.max_examples:
         rows = rows.select(range(min(args.max_examples, len(rows))))
@@ -106,14 +106,8 @@ def evaluate_run(args) -> tuple:
 
 
 def results_path(run_dir, checkpoint: Optional[str]) -> Path:
-    name = "eval.json" if checkpoint is None else f"eval-{Path(checkpoint).name}.json"
+    name = EVAL_FILE if checkpoint is None else f"eval-{Path(checkpoint).name}.json"
     return Path(run_dir) / name
-
-
-def write_results(results: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)  # an earlier eval.json is replaced whole or not at all
 
 
 def print_results(results: dict) -> None:
@@ -133,8 +127,8 @@ def print_results(results: dict) -> None:
 def log_to_wandb(results: dict, cfg, run_dir: Path) -> None:
     """Add the results to the run's own W&B run (same id) as eval/* summary values and a samples table."""
     import wandb
-    from ..trainer.metrics import _init_wandb
-    run = _init_wandb(OmegaConf.merge(cfg, {"output_dir": str(run_dir)}), resumed=True)
+    from ..trainer.wandb_run import open_wandb_run
+    run = open_wandb_run(OmegaConf.merge(cfg, {"output_dir": str(run_dir)}), resumed=True)
     prefix = "eval" if results["checkpoint"] == "final" else f"eval/{results['checkpoint']}"
     for column in ("model", "base"):
         for metric, value in results.get(column, {}).items():
@@ -160,7 +154,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 
 def eval_command(argv: List[str]) -> None:
-    from ..trained import RunDirError
+    from ..finished_run import RunDirError
     from ..trainer.worker import quiet_libraries
     args = parse_args(argv)
     quiet_libraries()
@@ -169,7 +163,7 @@ def eval_command(argv: List[str]) -> None:
     except (RunDirError, DataError) as error:
         raise SystemExit(f"shardtune: {error}") from None
     path = results_path(args.run_dir, args.checkpoint)
-    write_results(results, path)
+    write_json_atomic(path, results)  # an earlier eval.json is replaced whole or not at all
     print_results(results)
     if cfg.logger.name == "wandb":
         log_to_wandb(results, cfg, Path(args.run_dir))

@@ -14,12 +14,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from ..precision import DTYPES, bytes_per_element
+from ..strategy_registry import Sharding, strategy_spec
+
 GIB = 1024**3
 ADAM_STATES_BYTES = 8  # exp_avg + exp_avg_sq, both fp32
 MASTER_COPY_BYTES = 4  # fp32 master weights when the model itself is kept in 16-bit
 CUDA_CONTEXT_BYTES = 1 * GIB  # CUDA context, cuBLAS/NCCL workspaces
-PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 # bitsandbytes 4-bit: one fp32 absmax per 64 weights costs 32/64 = 0.5 bit per weight; double
 # quantization stores those absmax values in 8 bits (8/64) plus an fp32 constant per 256 blocks
 # (32/(64*256)), about 0.127 bit per weight.
@@ -182,45 +183,10 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Sharding:
-    """Over how many GPUs each state is split, and what lives in host memory instead."""
-    name: str
-    is_deepspeed: bool
-    weights: int
-    grads: int
-    optimizer: int
-    weights_offloaded: bool
-    grads_offloaded: bool
-    optimizer_offloaded: bool
-
-
-def _sharding(strategy_cfg, world_size: int) -> _Sharding:
-    name = strategy_cfg.name
-    if "stage" in strategy_cfg:  # every DeepSpeed option carries its ZeRO stage
-        stage = strategy_cfg.stage
-        return _Sharding(
-            name, True,
-            weights=world_size if stage >= 3 else 1,
-            grads=world_size if stage >= 2 else 1,
-            optimizer=world_size if stage >= 1 else 1,
-            weights_offloaded=bool(strategy_cfg.offload_param),
-            grads_offloaded=False,
-            optimizer_offloaded=bool(strategy_cfg.offload_optimizer),
-        )
-    if name == "fsdp":
-        offload = bool(strategy_cfg.cpu_offload)
-        return _Sharding(name, False, world_size, world_size, world_size, offload, offload, offload)
-    if name == "ddp":
-        return _Sharding(name, False, 1, 1, 1, False, False, False)
-    raise ValueError(f"strategy.name={name!r}: expected ddp, fsdp or a DeepSpeed option (zero1, zero2, zero3, zero3_offload)")
-
-
 def _dtype_name(value: str, key: str) -> str:
-    name = DTYPE_ALIASES.get(value, value)
-    if name not in PRECISION_BYTES:
+    if value not in DTYPES:
         raise ValueError(f"{key}={value!r}: expected auto, bf16, fp16 or fp32")
-    return name
+    return value
 
 
 def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
@@ -229,21 +195,22 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         raise ValueError(f"world_size={world_size}: needs at least one GPU")
     # `plan` is about GPU memory, where auto means bf16.
     precision = "bf16" if cfg.train.precision == "auto" else _dtype_name(cfg.train.precision, "train.precision")
-    compute_bytes = PRECISION_BYTES[precision]
+    compute_bytes = bytes_per_element(precision)
     method = cfg.method
     config = model_config(cfg.model)
     counts = count_parameters(config, method, cfg.model.trust_remote_code)
-    shard = _sharding(cfg.strategy, world_size)
+    strategy = strategy_spec(cfg.strategy)
+    shard = strategy.sharding(cfg.strategy, world_size)
     # DeepSpeed's bf16/fp16 modes cast the whole module to 16-bit and keep fp32 masters inside the
     # optimizer; DDP and FSDP2 keep fp32 parameters (they are the masters) and cast for compute.
-    deepspeed_16bit = shard.is_deepspeed and compute_bytes == 2
+    deepspeed_16bit = strategy.kind == "deepspeed" and compute_bytes == 2
     trainable_bytes = 2 if deepspeed_16bit else 4
 
     # Under DDP a full fine-tune keeps fp32 parameters and autocast computes in 16-bit: the hidden
     # states between layers stay fp32, and autocast's 16-bit weight copies are saved for backward
     # (with checkpointing they are recomputed per layer instead).
-    ddp_autocast_full = method.name == "full" and shard.name == "ddp" and compute_bytes == 2
-    weights, weights_note = _weights(method, counts, shard, compute_bytes, trainable_bytes, precision)
+    ddp_autocast_full = method.name == "full" and strategy.kind == "ddp" and compute_bytes == 2
+    weights, weights_note = _weights(method, counts, strategy.kind, shard, compute_bytes, trainable_bytes, precision)
     if ddp_autocast_full and not cfg.train.activation_checkpointing:
         weights += counts.total * 2
         weights_note += "; + 2 B/param autocast copies held until backward"
@@ -281,7 +248,7 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
             "cuda_context": "fixed allowance: CUDA context, cuBLAS/NCCL workspaces",
         },
         summary=(
-            f"{cfg.model.name} | {method_text} | {shard.name} on {world_size} GPU(s) | {precision} | "
+            f"{cfg.model.name} | {method_text} | {strategy.name} on {world_size} GPU(s) | {precision} | "
             f"micro_batch_size {cfg.train.micro_batch_size} x seq_len {cfg.train.seq_len} | "
             f"{_count(counts.total)} params, {_count(counts.trainable)} trainable"
         ),
@@ -290,9 +257,10 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
     )
 
 
-def _weights(method, counts: ParameterCounts, shard: _Sharding, compute_bytes: int, trainable_bytes: int, precision: str):
+def _weights(method, counts: ParameterCounts, kind: str, shard: Sharding, compute_bytes: int, trainable_bytes: int,
+             precision: str):
     """Bytes of parameters resident on one GPU, and the note saying why."""
-    if shard.weights_offloaded and shard.is_deepspeed:
+    if shard.weights_offloaded and kind == "deepspeed":
         return 0, "~0: offload_param keeps parameters in host memory; only the layers in use are gathered"
     if method.name == "full":
         if compute_bytes == 4:
@@ -316,7 +284,7 @@ def _weights(method, counts: ParameterCounts, shard: _Sharding, compute_bytes: i
         compute_name = precision
     else:
         compute_name = _dtype_name(method.compute_dtype, "method.compute_dtype")
-    unquantized = (counts.total - counts.quantizable) * PRECISION_BYTES[compute_name]
+    unquantized = (counts.total - counts.quantizable) * bytes_per_element(compute_name)
     if method.bits == 4:
         bits = 4 + QUANT_CONSTANT_BITS[bool(method.double_quant)]
     elif method.bits == 8:
@@ -326,7 +294,7 @@ def _weights(method, counts: ParameterCounts, shard: _Sharding, compute_bytes: i
     quantized = int(counts.quantizable * bits / 8)
     base_text = f"{method.bits}-bit linear weights ({bits:.3g} bits each)"
     rest_text = f"embeddings/norms/head in {compute_name} + {adapters_text}"
-    if shard.name == "fsdp":
+    if kind == "fsdp":
         # FSDP2 does not shard bitsandbytes' packed weights here, so every GPU keeps the whole
         # quantized base; only the adapters and the unquantized rest are split.
         return quantized + _resident(unquantized + adapters, shard), (
@@ -358,7 +326,7 @@ def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: b
     return num_layers * one_layer, f"L*s*b*(30h+8.5i) (measured, HF layers); {attention_note}"
 
 
-def _resident(num_bytes: int, shard: _Sharding) -> int:
+def _resident(num_bytes: int, shard: Sharding) -> int:
     """Parameter bytes left on the GPU after sharding (or offloading) them."""
     return 0 if shard.weights_offloaded else num_bytes // shard.weights
 

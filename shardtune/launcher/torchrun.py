@@ -1,9 +1,11 @@
-"""Resolve what a run needs on this machine, write the run directory, and start torchrun."""
+"""Resolve what a run needs on this machine (`plan_launch`), write the run's config, and start torchrun."""
+import copy
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -13,19 +15,24 @@ from ..cluster.environment import apply_slurm_step, slurm_step
 from ..cluster.rendezvous import (STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous, rendezvous_id,
                                   socket_environment)
 from ..cluster.slurm import shell_join
-from ..validation import ConfigError, validate
-
-# Files that mean output_dir already holds a run, which a fresh start (resume=none) would clobber.
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final")
+from ..data.cache import cache_root
+from ..errors import ConfigError
+from ..run_dir import CONFIG_FILE, holds_run, write_text_atomic
+from .validation import validate
 
 
 @dataclass
 class LaunchPlan:
+    config: Any  # the run's config as this machine runs it: device, workers and precision filled in
     device_type: str  # cuda or cpu
     nproc_per_node: int
     world_size: int
     config_path: Path
     command: list
+
+    @property
+    def output_dir(self) -> Path:
+        return self.config_path.parent
 
     def command_line(self) -> str:
         return shell_join(self.command)
@@ -42,12 +49,14 @@ def detect_device(setting: str, check_devices: bool = True) -> str:
 
 
 def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
-    """Validate `cfg` and fill in the machine-dependent fields (device, workers, precision). No side effects.
+    """Validate `cfg` and plan it on this machine: the plan's config is a copy of `cfg` with the machine-dependent
+    fields (device, workers, precision) filled in. No side effects: `cfg` and the disk stay as they were.
 
     check_devices=False plans for GPUs this machine does not have (a login node): give
     launcher.device=cuda and launcher.nproc_per_node. cluster=slurm plans for the allocation it asks for
     (cluster.nodes, cluster.gpus_per_node) and its command is what each node's srun task runs.
     """
+    cfg = copy.deepcopy(cfg)
     on_slurm = cfg.cluster.name == "slurm"
     if on_slurm:
         slurm.apply_allocation(cfg)
@@ -71,9 +80,9 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     cfg.launcher.nproc_per_node = nproc
     if cfg.train.precision == "auto":
         cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
-    config_path = Path(cfg.output_dir).absolute() / "config.yaml"
+    config_path = Path(cfg.output_dir).absolute() / CONFIG_FILE
     command = slurm.node_command(cfg, config_path, sys.executable) if on_slurm else torchrun_command(cfg, config_path)
-    return LaunchPlan(device_type, nproc, world_size, config_path, command)
+    return LaunchPlan(cfg, device_type, nproc, world_size, config_path, command)
 
 
 def torchrun_command(cfg, config_path: Path) -> list:
@@ -97,40 +106,39 @@ def torchrun_command(cfg, config_path: Path) -> list:
 
 def refuse_existing_run(cfg, output_dir: Path) -> None:
     """A fresh start (resume=none) must not clobber an earlier run's outputs."""
-    if cfg.resume == "none" and any((output_dir / name).exists() for name in RUN_MARKERS):
+    if cfg.resume == "none" and holds_run(output_dir):
         raise ConfigError("output_dir", f"{output_dir} already holds a run; pass resume=auto to continue it, "
                                         "or choose another output_dir")
 
 
-def write_run_config(cfg, plan: LaunchPlan) -> None:
-    """Write the resolved config the workers read; refuse to start over an earlier run's outputs.
+def write_run_config(plan: LaunchPlan, cache_entry: Optional[Path] = None) -> None:
+    """Write the plan's config, which the workers read; refuse to start over an earlier run's outputs.
 
-    The data cache directory is written out resolved, so every worker on every node loads the entry the
-    launcher prepared. Another node of a multi-node run writes the file only where it is missing (a run
-    directory that is not shared); on a shared one node 0's copy serves all.
+    The data cache directory is written out resolved, and `cache_entry` (the entry the launcher tokenized), so
+    every worker on every node loads that entry without computing its key again. Another node of a multi-node run
+    writes the file only where it is missing (a run directory that is not shared); on a shared one node 0's copy
+    serves all.
     """
-    output_dir = plan.config_path.parent
-    refuse_existing_run(cfg, output_dir)
+    cfg = plan.config
+    refuse_existing_run(cfg, plan.output_dir)
     if cfg.launcher.node_rank > 0 and plan.config_path.exists():
         return
-    from ..data.cache import cache_root
     cfg.data.cache_dir = str(cache_root(cfg.data).absolute())
+    cfg.data.cache_entry = str(cache_entry) if cache_entry is not None else None
     if cfg.cluster.name == "slurm" and cfg.resume == "none":
         cfg.resume = "auto"  # a requeued job continues from its checkpoint; the first finds none and starts
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = plan.config_path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, plan.config_path)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(plan.config_path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def worker_environment(plan: LaunchPlan, launcher) -> dict:
+def worker_environment(plan: LaunchPlan) -> dict:
     env = dict(os.environ)
     if plan.device_type == "cpu":
         # Share the cores between the workers instead of each one spawning a thread per core.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
-    env.update(socket_environment(launcher))
+    env.update(socket_environment(plan.config.launcher))
     return env
 
 
-def run_torchrun(plan: LaunchPlan, launcher) -> int:
-    return subprocess.call(plan.command, env=worker_environment(plan, launcher))
+def run_torchrun(plan: LaunchPlan) -> int:
+    return subprocess.call(plan.command, env=worker_environment(plan))

@@ -4,7 +4,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from ..validation import ConfigError
+from ..errors import ConfigError
+from ..run_dir import EVAL_FILE, read_metrics, read_summary
 from .pruning import check_pruning
 
 # Objectives read from the run itself; eval/<metric> ones come from `shardtune eval` on the validation split.
@@ -38,28 +39,9 @@ def worst_value(objective: str) -> float:
     return math.inf if direction_of(objective) == "minimize" else -math.inf
 
 
-def read_metrics(run_dir: Path) -> list:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a torn last line of a run that died mid-write
-    return records
-
-
 def last_value(records: list, key: str) -> Optional[float]:
     values = [record[key] for record in records if key in record]
     return values[-1] if values else None
-
-
-def read_summary(run_dir: Path) -> dict:
-    from ..trainer.metrics import SUMMARY_FILE  # here: Hydra's plugin scan imports this module at every start
-    path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def measurements(run_dir: Path) -> dict:
@@ -76,7 +58,7 @@ def objective_value(run_dir: Path, objective: str, measured: Optional[dict] = No
     """The objective of a finished (or pruned) run; None when the run never measured it. `measured`: the run's
     measurements() where the caller has them already."""
     if objective.startswith(EVAL_PREFIX):
-        path = Path(run_dir) / "eval.json"
+        path = Path(run_dir) / EVAL_FILE
         results = json.loads(path.read_text()) if path.exists() else {}
         return results.get("model", {}).get(objective[len(EVAL_PREFIX):])
     return (measured or measurements(run_dir))[objective]

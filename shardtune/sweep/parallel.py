@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..validation import ConfigError
+from ..errors import ConfigError
 
 MAX_SLURM_TRIALS = 64  # jobs a sweep keeps queued at once unless sweep.parallel_trials says otherwise
 SLOTS_DIR = ".slots"

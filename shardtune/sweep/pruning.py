@@ -1,15 +1,16 @@
-"""Early stopping of hopeless trials through Optuna's pruners (sweep.pruner, hydra/sweeper=optuna).
+"""Early stopping of hopeless trials through Optuna's pruners (sweep.pruner, hydra/sweeper=optuna): the sweep's
+side, which checks the settings and says where the study is.
 
-The sweeper keeps its study in <sweep_dir>/optuna.db; rank 0 of each trial opens the same study, reports the
-validation loss of every train.eval_interval to the trial the sweeper asked for, and asks the pruner whether
-to go on. A pruned run stops after that evaluation and leaves PRUNED in its run directory.
+The sweeper keeps its study in <sweep_dir>/optuna.db; rank 0 of each trial opens the same study
+(trainer/pruning.py), reports the validation loss of every train.eval_interval to the trial the sweeper asked for,
+and asks the pruner whether to go on. A pruned run stops after that evaluation and leaves PRUNED in its run
+directory.
 """
 from pathlib import Path
 
-from ..validation import ConfigError
+from ..errors import ConfigError
+from ..trainer.pruning import PRUNERS
 
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
-PRUNED_MARKER = "PRUNED"
 OPTUNA_SWEEPER = "hydra_plugins.shardtune_sweeps.optuna_sweeper.ShardtuneOptunaSweeper"
 
 
@@ -35,34 +36,3 @@ def check_pruning(cfg, sweeper_target: str) -> None:
     if not cfg.train.eval_interval:
         raise ConfigError("train.eval_interval", "sweep.pruner needs validation losses during training: set "
                                                  "train.eval_interval > 0")
-
-
-def make_pruner(sweep):
-    import optuna
-    if sweep.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
-                                           n_warmup_steps=sweep.pruner_warmup_steps)
-    if sweep.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.HyperbandPruner()
-
-
-class TrialPruning:
-    """Rank 0's link to the trial's Optuna study."""
-
-    def __init__(self, sweep):
-        import optuna
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=sweep.optuna_study, storage=sweep.optuna_storage,
-                                  pruner=make_pruner(sweep))
-        # Optuna has no public lookup of a trial by number for a process other than the one that asked for it.
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, sweep.optuna_trial)
-        self.trial = optuna.trial.Trial(study, trial_id)
-
-    def should_prune(self, step: int, val_loss: float) -> bool:
-        self.trial.report(val_loss, step)
-        return self.trial.should_prune()
-
-
-def write_marker(output_dir, step: int, val_loss: float) -> None:
-    Path(output_dir, PRUNED_MARKER).write_text(f"pruned at step {step}, validation loss {val_loss:.6g}\n")

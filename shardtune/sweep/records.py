@@ -1,10 +1,10 @@
 """<sweep_dir>/trial-N/trial.json: what became of one trial, written when it starts and when it ends."""
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from ..run_dir import write_json_atomic
 from .naming import identity
 from .objective import measurements
 
@@ -48,10 +48,7 @@ class TrialRecord:
         return measured
 
     def save(self, run_dir: Path) -> None:
-        path = Path(run_dir) / RECORD_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)  # readers (a re-run, the report) never see half a record
+        write_json_atomic(Path(run_dir) / RECORD_NAME, asdict(self))  # readers (a re-run, the report) never see half
 
 
 def load_record(run_dir: Path) -> Optional[TrialRecord]:

@@ -17,13 +17,16 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
-from ..data.errors import DataError
-from ..trainer.metrics import SUMMARY_FILE
-from ..validation import ConfigError
+from ..cluster import slurm
+from ..cluster.commands import wait_for_job
+from ..errors import ConfigError, DataError
+from ..launcher.launch import prepare_run, submit_to_slurm
+from ..launcher.torchrun import worker_environment
+from ..run_dir import EVAL_FILE, PRUNED_MARKER, SUMMARY_FILE
 from .objective import EVAL_PREFIX, check_sweep_settings, direction_of, objective_value, worst_value
 from .parallel import device_slot
-from .pruning import PRUNED_MARKER, study_location
 from .naming import identity
+from .pruning import study_location
 from .records import TrialRecord, load_record, params_of
 
 log = logging.getLogger("shardtune")
@@ -80,7 +83,7 @@ def remeasure(record: TrialRecord, objective: str, run_dir: Path) -> None:
     direction_of(objective)
     record.objective, record.value = objective, None
     if record.status == "completed":
-        if objective.startswith(EVAL_PREFIX) and not (run_dir / "eval.json").exists():
+        if objective.startswith(EVAL_PREFIX) and not (run_dir / EVAL_FILE).exists():
             run_eval(run_dir, {})
         record.value = objective_value(run_dir, objective)
     record.save(run_dir)
@@ -108,17 +111,13 @@ def configure_trial(cfg, hydra_cfg, run_dir: Path, sweep_dir: Path, number: int)
 
 
 def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
-    from ..cli import prepare_data
-    from ..launcher.torchrun import plan_launch, write_run_config
     run_dir = Path(record.run_dir)
-    plan = plan_launch(cfg)
-    prepare_data(cfg)
-    write_run_config(cfg, plan)
+    plan = prepare_run(cfg)
     (run_dir / PRUNED_MARKER).unlink(missing_ok=True)
     if cfg.cluster.name == "slurm":
-        failure, output = run_slurm_job(cfg, plan, record)
+        failure, output = run_slurm_job(plan, record)
     else:
-        failure, output = run_workers(plan, cfg.launcher, environment, run_dir, record.number)
+        failure, output = run_workers(plan, environment, run_dir, record.number)
     measured = record.measure(run_dir)
     if (run_dir / PRUNED_MARKER).exists():
         record.status, record.value = "pruned", record.val_loss
@@ -133,11 +132,10 @@ def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
         record.status, record.error = "failed", f"the run did not measure {record.objective}"
 
 
-def run_workers(plan, launcher, environment: dict, run_dir: Path, number: int) -> tuple:
+def run_workers(plan, environment: dict, run_dir: Path, number: int) -> tuple:
     """torchrun with its output in <run_dir>/train.log and on the console (each line marked with the trial);
     (what went wrong or "", the last lines)."""
-    from ..launcher.torchrun import worker_environment
-    env = {**worker_environment(plan, launcher), **environment, "TQDM_DISABLE": "1"}  # log lines, not a bar
+    env = {**worker_environment(plan), **environment, "TQDM_DISABLE": "1"}  # log lines, not a bar
     tail = deque(maxlen=ERROR_LINES)
     with open(run_dir / TRAIN_LOG, "a") as train_log:
         process = subprocess.Popen(plan.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -150,16 +148,13 @@ def run_workers(plan, launcher, environment: dict, run_dir: Path, number: int) -
     return (f"the workers exited with code {returncode}" if returncode else ""), list(tail)
 
 
-def run_slurm_job(cfg, plan, record: TrialRecord) -> tuple:
+def run_slurm_job(plan, record: TrialRecord) -> tuple:
     """Submit the trial's job and wait until it has ended (a requeued job stays in the queue);
     (what went wrong or "", the last lines of its log)."""
-    from ..cli import submit_to_slurm
-    from ..cluster import slurm
-    from ..cluster.commands import wait_for_job
-    job_id = submit_to_slurm(cfg, plan)
+    job_id = submit_to_slurm(plan)
     record.slurm_job_id = job_id
     record.save(record.run_dir)
-    state = wait_for_job(job_id, cfg.sweep.poll_interval_s)
+    state = wait_for_job(job_id, plan.config.sweep.poll_interval_s)
     log_file = slurm.log_path(Path(record.run_dir), job_id)
     lines = log_file.read_text(errors="replace").splitlines()[-ERROR_LINES:] if log_file.exists() else []
     log.info("trial %d: Slurm job %s ended (%s)", record.number, job_id, state or "no longer listed")

@@ -5,9 +5,7 @@ scheduler) and one RNG file per rank. Rank 0 writes the COMPLETE marker only aft
 finished writing, so a directory without it (a crash, a kill mid-save) is never picked for resume.
 """
 import json
-import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -16,23 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-COMPLETE_MARKER = "COMPLETE"
-STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_root(output_dir) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def complete_checkpoints(output_dir) -> list:
-    """Complete checkpoint directories, oldest first."""
-    root = checkpoint_root(output_dir)
-    found = []
-    for path in root.iterdir() if root.is_dir() else ():
-        match = STEP_DIR.match(path.name)
-        if match and (path / COMPLETE_MARKER).exists():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+from ..run_dir import COMPLETE_MARKER, checkpoint_dir, complete_checkpoints, is_complete, write_json_atomic
 
 
 def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
@@ -42,14 +24,14 @@ def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
         done = complete_checkpoints(output_dir)
         return done[-1] if done else None
     path = Path(resume)
-    if not (path / COMPLETE_MARKER).exists():
+    if not is_complete(path):
         raise ValueError(f"resume: {path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
     return path
 
 
 def save_checkpoint(strategy, output_dir, step: int, trainer_state: dict, keep: int) -> Path:
     """Collective: every rank calls it."""
-    path = checkpoint_root(output_dir) / f"step-{step}"
+    path = checkpoint_dir(output_dir, step)
     rank = dist.get_rank()
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # a leftover from a save that did not complete
@@ -92,9 +74,3 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

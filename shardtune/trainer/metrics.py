@@ -13,19 +13,19 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import psutil
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
+from ..run_dir import METRICS_FILE, SUMMARY_FILE, write_json_atomic
+from .wandb_run import open_wandb_run
+
 GIB = 2**30
-SUMMARY_FILE = "summary.json"  # the finished run's summary rows, for sweeps and scripts
 Device = Union[str, torch.device]
 
 
@@ -203,37 +203,6 @@ def _drop_lines_after_step(metrics_path: Path, last_kept_step: int) -> None:
     os.replace(tmp_path, metrics_path)
 
 
-def _wandb_run_id(id_path: Path, resumed: bool) -> str:
-    """The W&B run id of this output_dir: reused on resume so W&B continues the same run."""
-    if resumed and id_path.exists():
-        return id_path.read_text().strip()
-    run_id = uuid.uuid4().hex[:12]
-    id_path.write_text(run_id + "\n")
-    return run_id
-
-
-def _init_wandb(cfg, resumed: bool):
-    # Imported here: only the writing rank of a W&B run pays for the import, and the GPU machine
-    # only has wandb when it was packed along.
-    import wandb
-
-    output_dir = Path(cfg.output_dir)
-    return wandb.init(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        name=cfg.logger.run_name or output_dir.resolve().name,
-        dir=str(output_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        mode=cfg.logger.mode or os.environ.get("WANDB_MODE") or "online",
-        tags=list(cfg.logger.tags),
-        group=cfg.logger.group,
-        id=_wandb_run_id(output_dir / "wandb_run_id", resumed),
-        # W&B keeps a resumed run's history from before; steps logged again (past the checkpoint)
-        # are dropped by W&B with a warning. metrics.jsonl is the exact record.
-        resume="allow",
-    )
-
-
 def _plain(value: Any) -> Any:
     """Tensors and numpy scalars as Python numbers: JSON needs that, and W&B would log a tensor as a histogram."""
     return value.item() if hasattr(value, "item") else value
@@ -295,7 +264,7 @@ class MetricsLogger:
 
         output_dir = Path(cfg.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = output_dir / "metrics.jsonl"
+        self.metrics_path = output_dir / METRICS_FILE
         self.summary_path = output_dir / SUMMARY_FILE
         self.summary_path.unlink(missing_ok=True)  # written again when this run finishes
         if resumed:
@@ -303,7 +272,7 @@ class MetricsLogger:
         # A fresh run in a reused output_dir starts a new file rather than mixing two runs' histories.
         self._jsonl = open(self.metrics_path, "a" if resumed else "w", encoding="utf-8")
         if cfg.logger.name == "wandb":
-            self._wandb_run = _init_wandb(cfg, resumed)
+            self._wandb_run = open_wandb_run(cfg, resumed)
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
         self.total_steps = total_steps
 
@@ -348,9 +317,7 @@ class MetricsLogger:
         for key, value in rows.items():
             table.add_row(_SUMMARY_LABELS.get(key, key), _format_summary_value(key, value))
         Console().print(table)
-        tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, self.summary_path)
+        write_json_atomic(self.summary_path, rows)
         if self._wandb_run is not None:
             self._wandb_run.summary.update(rows)
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from ..cluster.shared_fs import write_directory_atomically, write_once_per_filesystem
-from .checkpoint import COMPLETE_MARKER
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-RANDOM_INIT_DIR = "random-init"
+from ..cluster.shared_fs import write_once_per_filesystem
+from ..precision import DTYPES
+from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
 
 
 def build_tokenizer(model_cfg):
@@ -57,10 +55,10 @@ def materialize_random_init(cfg, dtype: torch.dtype) -> str:
         model.save_pretrained(staging)
         (staging / COMPLETE_MARKER).touch()
 
-    def is_complete() -> bool:
-        return (path / COMPLETE_MARKER).exists()
+    def written() -> bool:
+        return is_complete(path)
 
-    write_once_per_filesystem(is_complete, lambda: write_directory_atomically(path, write, is_complete))
+    write_once_per_filesystem(written, lambda: write_directory_atomically(path, write, written))
     return str(path)
 
 

@@ -3,9 +3,12 @@ import math
 
 import torch
 
+from ..strategy_registry import ADAMW, CPU_ADAMW
 
-def make_optimizer_factory(optim_cfg, device: torch.device, cpu_offload: bool = False):
-    """A function from trainable parameters to the optimizer (strategies call it after wrapping)."""
+
+def make_optimizer_factory(optim_cfg, device: torch.device, optimizer: str = ADAMW):
+    """A function from trainable parameters to the optimizer (strategies call it after wrapping). `optimizer`: the
+    strategy's choice (strategy_registry), ADAMW or CPU_ADAMW."""
 
     def make_optimizer(params):
         params = list(params)
@@ -14,7 +17,7 @@ def make_optimizer_factory(optim_cfg, device: torch.device, cpu_offload: bool = 
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
-        if cpu_offload:
+        if optimizer == CPU_ADAMW:
             from deepspeed.ops.adam import DeepSpeedCPUAdam  # vectorised AdamW over host memory
             return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
         fused = optim_cfg.fused if optim_cfg.fused is not None else device.type == "cuda"

@@ -8,8 +8,7 @@ with each step's token-count all-reduce (trainer.py): every rank stops after the
 import signal
 from pathlib import Path
 
-# Written by rank 0 beside the checkpoint; Slurm's batch script requeues the job when it finds it.
-PREEMPTED_MARKER = "PREEMPTED"
+from ..run_dir import PREEMPTED_MARKER
 
 
 class PreemptionRequest:
@@ -24,6 +23,7 @@ class PreemptionRequest:
 
 
 def write_marker(output_dir, checkpoint_path: Path) -> None:
+    """Rank 0, beside the checkpoint: Slurm's batch script requeues the job when it finds the marker."""
     Path(output_dir, PREEMPTED_MARKER).write_text(f"{checkpoint_path}\n")
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data import Collator, ShardedBatches, prepare_in_workers
+from ..data import Collator, ShardedBatches, load_or_build_in_workers
 from ..data.tokenize import IGNORE_INDEX
-from ..sweep import pruning
-from . import checkpoint, preemption
+from ..precision import DTYPES
+from ..run_dir import FINAL_DIR, checkpoint_dir
+from ..strategy_registry import strategy_spec
+from . import checkpoint, preemption, pruning
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
-from .model import DTYPES, build_model, build_tokenizer, count_parameters, model_source
+from .model import build_model, build_tokenizer, count_parameters, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 
@@ -75,7 +77,8 @@ class Trainer:
             model = build_model(cfg, source, self.device, self.dtype)
         self.model_config = model.config
         self.num_params, self.num_trainable_params = count_parameters(model)
-        self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, cfg.strategy.get("offload_optimizer", False)),
+        optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
+        self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
                            make_scheduler_factory(cfg.optim, self.total_steps))
         resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume)
         if resume_from is not None:
@@ -97,7 +100,7 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        data, path = prepare_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
+        data, path = load_or_build_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
         train_rows, val_rows = data.train, data.validation
         if self.rank == 0:
             log.info("data from %s: %s", path, ", ".join(f"{key} {value}" for key, value in data.report.items()))
@@ -187,7 +190,7 @@ class Trainer:
     def stop_early(self, already_saved: bool) -> None:
         """SIGUSR1 reached some rank: save a complete checkpoint (collective) and leave the marker that
         tells Slurm's batch script to requeue; the requeued run resumes here with resume=auto."""
-        path = checkpoint.checkpoint_root(self.cfg.output_dir) / f"step-{self.step}"
+        path = checkpoint_dir(self.cfg.output_dir, self.step)
         if not already_saved:
             path = self.save_checkpoint()
         if self.rank == 0:
@@ -263,7 +266,7 @@ class Trainer:
     def export(self) -> Path:
         """Write final/: a peft adapter directory (LoRA, QLoRA) or a transformers model (full)."""
         state = self.strategy.gather_state_dict()  # collective
-        final_dir = Path(self.cfg.output_dir, "final")
+        final_dir = Path(self.cfg.output_dir, FINAL_DIR)
         if self.rank == 0:
             staging = final_dir.with_name("final.tmp")
             shutil.rmtree(staging, ignore_errors=True)

@@ -13,12 +13,12 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 from shardtune.config import DataConfig, asset_path
-from shardtune.data import prepare_in_workers
+from shardtune.data import load_or_build_in_workers
 
 dist.init_process_group("gloo")
 cfg = OmegaConf.structured(DataConfig(name="t", path=asset_path("data/tiny_instruct.jsonl"), test_fraction=0.1,
                                       cache_dir=sys.argv[1]))
-data, path = prepare_in_workers(cfg, AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer")), 64, 3)
+data, path = load_or_build_in_workers(cfg, AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer")), 64, 3)
 digest = {name: hashlib.sha256(json.dumps(list(data.split(name)["input_ids"])).encode()).hexdigest()
           for name in ("train", "validation", "test")}
 with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as f:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from shardtune.data import Collator, ShardedBatches, build
 from shardtune.export import ExportError, export_model
-from shardtune.trained import RunDirError, build_trained_model, load_trained_model, resolve_source
+from shardtune.finished_run import RunDirError, build_trained_model, load_trained_model, resolve_source
 
 # Tolerances on max |exported - trained| over the non-padding logits, relative to the largest |logit|
 # of the trained model (about 2 here). Training moved the logits by more than that scale (the adapters

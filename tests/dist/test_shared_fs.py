@@ -8,7 +8,8 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from shardtune.cluster.shared_fs import write_directory_atomically, write_once_per_filesystem
+from shardtune.cluster.shared_fs import write_once_per_filesystem
+from shardtune.run_dir import write_directory_atomically
 
 NODES, RANKS_PER_NODE = 2, 2
 

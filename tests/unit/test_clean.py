@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from shardtune.config import DataConfig, asset_path
-from shardtune.data import DataError, build
+from shardtune.data import build
+from shardtune.errors import DataError
 
 
 def tokenized_splits(cfg, tokenizer, seq_len, seed):
@@ -92,7 +93,8 @@ def test_a_missing_mapped_field_names_the_file_line_and_key(tmp_path):
 
 def test_columns_map_only_the_three_fields():
     from conftest import compose_cfg
-    from shardtune.validation import ConfigError, validate
+    from shardtune.errors import ConfigError
+    from shardtune.launcher.validation import validate
     cfg = compose_cfg(values={"data.columns": {"prompt": "question"}})
     with pytest.raises(ConfigError, match=r"data.columns: format alpaca maps only instruction, input, output; got \['prompt'\]"):
         validate(cfg, "cpu", 2)

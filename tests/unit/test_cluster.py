@@ -9,8 +9,8 @@ from conftest import compose_cfg, run_shardtune
 
 from shardtune.cluster import slurm
 from shardtune.cluster.rendezvous import check_rendezvous_reachable, split_endpoint
+from shardtune.errors import ConfigError
 from shardtune.launcher.torchrun import plan_launch, worker_environment
-from shardtune.validation import ConfigError
 
 CPU = {"launcher.device": "cpu", "launcher.nproc_per_node": 2}
 
@@ -46,7 +46,7 @@ def test_elastic_node_range(tmp_path):
 
 def test_socket_interface_reaches_the_workers(tmp_path):
     cfg = compose_cfg(values={**CPU, "launcher.socket_ifname": "veth-st1", "output_dir": str(tmp_path)})
-    env = worker_environment(plan_launch(cfg), cfg.launcher)
+    env = worker_environment(plan_launch(cfg))
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "veth-st1"
 
 
@@ -136,7 +136,7 @@ def test_slurm_allocation_sets_the_launcher(tmp_path):
     cfg = slurm_cfg(tmp_path, **{"cluster.nodes": 4, "cluster.gpus_per_node": 8})
     plan = plan_launch(cfg)  # no GPU here: a login node plans for the compute nodes' GPUs
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cuda", 8, 32)
-    assert cfg.train.precision == "bf16"
+    assert plan.config.train.precision == "bf16"
     line = plan.command_line()
     assert '"--rdzv-endpoint=$RDZV_HOST:$RDZV_PORT"' in line and '"--rdzv-id=slurm-$SLURM_JOB_ID"' in line
     assert '"--rdzv-conf=is_host=$IS_HOST,join_timeout=600"' in line and "--nnodes=4" in line
@@ -148,7 +148,7 @@ def test_batch_script_asks_for_the_allocation_signal_and_requeue(tmp_path):
                                  "cluster.setup": ["module load cuda"], "launcher.socket_ifname": "ib0",
                                  "launcher.nproc_per_node": 2})
     plan = plan_launch(cfg)
-    script = slurm.batch_script(cfg, plan.config_path, "/venv/bin/python")
+    script = slurm.batch_script(plan.config, plan.config_path, "/venv/bin/python")
     run = tmp_path / "run"
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=gpu",
                  "#SBATCH --time=04:00:00", "#SBATCH --signal=USR1@120", "#SBATCH --requeue",
@@ -168,8 +168,8 @@ def test_bad_allocation_names_the_cluster_key(tmp_path):
 
 
 def test_no_requeue_when_turned_off(tmp_path):
-    cfg = slurm_cfg(tmp_path, **{"cluster.requeue": False})
-    assert "#SBATCH --requeue" not in slurm.batch_script(cfg, plan_launch(cfg).config_path, "python")
+    plan = plan_launch(slurm_cfg(tmp_path, **{"cluster.requeue": False}))
+    assert "#SBATCH --requeue" not in slurm.batch_script(plan.config, plan.config_path, "python")
 
 
 def test_plan_prints_the_script_and_submits_nothing(tmp_path):

@@ -1,5 +1,5 @@
 """Unit tests of the config schema (shardtune/config.py), the YAML groups (shardtune/conf/) and the
-cross-field rules (shardtune/validation.py).
+cross-field rules (shardtune/launcher/validation.py).
 
 Configs are composed in-process with Hydra's compose API, once per distinct override list; the rule tests
 then set field values on the typed nodes (which check types as Hydra's overrides do), since a compose
@@ -17,9 +17,6 @@ from omegaconf.errors import ValidationError
 
 from shardtune.config import (
     DataConfig,
-    DDPStrategyConfig,
-    DeepSpeedStrategyConfig,
-    FSDPStrategyConfig,
     FullMethodConfig,
     LoggerConfig,
     LoraMethodConfig,
@@ -28,7 +25,9 @@ from shardtune.config import (
     TrainConfig,
     asset_path,
 )
-from shardtune.validation import ConfigError, validate
+from shardtune.errors import ConfigError
+from shardtune.launcher.validation import validate
+from shardtune.strategy_registry import DDPStrategyConfig, DeepSpeedStrategyConfig, FSDPStrategyConfig
 
 STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
 

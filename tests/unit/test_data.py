@@ -1,14 +1,15 @@
 """Unit tests of the shipped tiny tokenizer and data set, the split, alpaca tokenization with masking,
-and batching (shardtune/data/prepare.py, tokenize.py, batches.py)."""
+and batching (shardtune/data/pipeline.py, tokenize.py, batches.py)."""
 
 import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
 from shardtune.config import asset_path
-from shardtune.data import Collator, DataError, ShardedBatches
+from shardtune.data import Collator, ShardedBatches
 from shardtune.data.formats import FORMATS, format_prompt
-from shardtune.data.prepare import split_rows
+from shardtune.data.pipeline import split_rows
+from shardtune.errors import DataError
 from shardtune.data.sources import load_source
 from shardtune.data.tokenize import IGNORE_INDEX, tokenize_split
 

@@ -9,8 +9,9 @@ from transformers import AutoTokenizer
 
 from conftest import run_shardtune
 from shardtune.config import DataConfig, asset_path
-from shardtune.data import prepare
-from shardtune.data.cache import COMPLETE_MARKER, cache_key
+from shardtune.data import load_or_build
+from shardtune.data.cache import cache_key
+from shardtune.run_dir import COMPLETE_MARKER
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(20)]
 
@@ -32,9 +33,9 @@ def data_cfg(tmp_path, **fields):
 
 def test_a_second_prepare_reuses_the_entry(tmp_path, tokenizer):
     write_rows(tmp_path / "rows.jsonl")
-    first, path, reused = prepare(data_cfg(tmp_path), tokenizer, 64, seed=0)
+    first, path, reused = load_or_build(data_cfg(tmp_path), tokenizer, 64, seed=0)
     assert not reused and (path / COMPLETE_MARKER).exists() and (path / "key.json").exists()
-    second, path_again, reused = prepare(data_cfg(tmp_path), tokenizer, 64, seed=0)
+    second, path_again, reused = load_or_build(data_cfg(tmp_path), tokenizer, 64, seed=0)
     assert reused and path_again == path
     assert second.train["input_ids"] == first.train["input_ids"] and second.report == first.report
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no staging directory left behind
@@ -66,10 +67,10 @@ def test_any_change_to_data_tokenizer_or_settings_builds_a_new_entry(tmp_path, t
 
 def test_an_incomplete_entry_is_rebuilt(tmp_path, tokenizer):
     write_rows(tmp_path / "rows.jsonl")
-    _, path, _ = prepare(data_cfg(tmp_path), tokenizer, 64, seed=0)
+    _, path, _ = load_or_build(data_cfg(tmp_path), tokenizer, 64, seed=0)
     (path / COMPLETE_MARKER).unlink()  # say, copied by hand and cut short
     (path / "train" / "state.json").write_text("garbage")
-    prepared, path_again, reused = prepare(data_cfg(tmp_path), tokenizer, 64, seed=0)
+    prepared, path_again, reused = load_or_build(data_cfg(tmp_path), tokenizer, 64, seed=0)
     assert not reused and path_again == path and (path / COMPLETE_MARKER).exists()
     assert len(prepared.train) == 18
 

@@ -1,4 +1,4 @@
-"""Sources, formats, splits and mixing (shardtune/data/sources.py, formats.py, prepare.py), and every bad
+"""Sources, formats, splits and mixing (shardtune/data/sources.py, formats.py, pipeline.py), and every bad
 input the pipeline must name: file and line, field, or config key."""
 import copy
 import json
@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from shardtune.config import DataConfig, DataSourceConfig, asset_path
-from shardtune.data import DataError, build
+from shardtune.data import build
+from shardtune.errors import DataError
 from shardtune.data.formats import BUILTIN_CHAT_TEMPLATE
 from shardtune.data.sources import load_source
 from shardtune.data.tokenize import IGNORE_INDEX
@@ -224,7 +225,8 @@ def test_an_unreachable_hub_dataset_is_named(monkeypatch):
 ])
 def test_config_errors_name_the_key(values, key, message):
     from conftest import compose_cfg
-    from shardtune.validation import ConfigError, validate
+    from shardtune.errors import ConfigError
+    from shardtune.launcher.validation import validate
     with pytest.raises(ConfigError, match=message) as error:
         validate(compose_cfg(values=values), "cpu", 2)
     assert error.value.key == key

@@ -6,7 +6,7 @@ from conftest import compose_cfg, run_shardtune
 from omegaconf import OmegaConf
 
 from shardtune.export import ExportError, export_command, export_model
-from shardtune.trained import RunDirError, load_trained_model, resolve_source
+from shardtune.finished_run import RunDirError, load_trained_model, resolve_source
 
 
 def fake_run(run_dir, method="lora", final=True, checkpoints=(), incomplete=()):

@@ -16,20 +16,11 @@ from conftest import compose_cfg, run_shardtune
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from shardtune.config import (
-    DeepSpeedStrategyConfig,
-    LoraMethodConfig,
-    TrainConfig,
-    load_resolved,
-)
-from shardtune.launcher.torchrun import (
-    RUN_MARKERS,
-    detect_device,
-    plan_launch,
-    torchrun_command,
-    write_run_config,
-)
-from shardtune.validation import ConfigError
+from shardtune.config import LoraMethodConfig, TrainConfig, load_resolved
+from shardtune.errors import ConfigError
+from shardtune.launcher.torchrun import detect_device, plan_launch, torchrun_command, write_run_config
+from shardtune.run_dir import RUN_OUTPUTS
+from shardtune.strategy_registry import DeepSpeedStrategyConfig
 
 WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
 
@@ -86,19 +77,21 @@ def cli(tmp_path_factory):
 def test_cpu_plan_resolves_precision_workers_and_device(tmp_path, no_gpu):
     cfg = compose_cfg(values={"launcher.cpu_workers": 3, "output_dir": str(tmp_path / "run")})
     assert cfg.train.precision == "auto" and cfg.launcher.nproc_per_node is None and cfg.launcher.device == "auto"
+    before = OmegaConf.to_container(cfg)
     plan = plan_launch(cfg)
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cpu", 3, 3)
-    assert cfg.train.precision == "fp32"
-    assert cfg.launcher.nproc_per_node == 3 and cfg.launcher.device == "cpu"
+    assert plan.config.train.precision == "fp32"
+    assert plan.config.launcher.nproc_per_node == 3 and plan.config.launcher.device == "cpu"
     assert plan.config_path == tmp_path / "run" / "config.yaml"
     assert not (tmp_path / "run").exists()  # planning writes nothing
+    assert OmegaConf.to_container(cfg) == before  # and leaves the config it was given as it was
 
 
 def test_explicit_precision_and_nproc_are_kept(tmp_path):
     cfg = compose_cfg(values={"launcher.device": "cpu", "launcher.nproc_per_node": 2, "launcher.cpu_workers": 5,
                               "train.precision": "bf16", "output_dir": str(tmp_path)})
     plan = plan_launch(cfg)
-    assert plan.nproc_per_node == 2 and cfg.train.precision == "bf16"
+    assert plan.nproc_per_node == 2 and plan.config.train.precision == "bf16"
 
 
 def test_single_node_command_is_standalone_and_ends_with_the_worker(tmp_path, monkeypatch):
@@ -171,7 +164,7 @@ def test_cuda_without_a_gpu_is_refused_for_training_but_plannable(tmp_path, no_g
     cfg = compose_cfg(values=values)
     plan = plan_launch(cfg, check_devices=False)
     assert (plan.device_type, plan.nproc_per_node, plan.world_size) == ("cuda", 8, 8)
-    assert cfg.train.precision == "bf16"
+    assert plan.config.train.precision == "bf16"
     assert "--nproc-per-node=8" in plan.command
 
 
@@ -218,14 +211,13 @@ def test_fewer_than_one_worker_is_refused(tmp_path, values, key):
 
 
 def planned(*overrides, values: dict):
-    """A config planned for CPU workers, and its launch plan."""
-    cfg = compose_cfg(*overrides, values={"launcher.device": "cpu", **values})
-    return cfg, plan_launch(cfg)
+    """The launch plan of a config planned for CPU workers."""
+    return plan_launch(compose_cfg(*overrides, values={"launcher.device": "cpu", **values}))
 
 
 def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
-    cfg, plan = planned(values={"output_dir": f"{tmp_path}/${{model.name}}-${{method.name}}", "train.seq_len": 128})
-    write_run_config(cfg, plan)
+    plan = planned(values={"output_dir": f"{tmp_path}/${{model.name}}-${{method.name}}", "train.seq_len": 128})
+    write_run_config(plan)
     path = tmp_path / "tiny-lora" / "config.yaml"
     assert plan.config_path == path and path.is_file()
     text = path.read_text()
@@ -244,12 +236,12 @@ def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
         loaded.train.seq_len = "abc"
     with pytest.raises(ValidationError):
         loaded.method.rank = "sixteen"
-    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(plan.config, resolve=True)
 
 
 def test_deepspeed_run_config_reloads_with_the_deepspeed_schema(tmp_path):
-    cfg, plan = planned("method=full", "strategy=zero3_offload", values={"output_dir": str(tmp_path)})
-    write_run_config(cfg, plan)
+    plan = planned("method=full", "strategy=zero3_offload", values={"output_dir": str(tmp_path)})
+    write_run_config(plan)
     loaded = load_resolved(plan.config_path)
     assert OmegaConf.get_type(loaded.strategy) is DeepSpeedStrategyConfig
     assert loaded.strategy.stage == 3 and loaded.strategy.offload_param is True
@@ -266,26 +258,26 @@ def make_marker(output_dir, marker):
     return output_dir / marker / "model.safetensors"
 
 
-@pytest.mark.parametrize("marker", RUN_MARKERS)
+@pytest.mark.parametrize("marker", RUN_OUTPUTS)
 def test_fresh_start_over_an_earlier_run_is_refused_and_touches_nothing(tmp_path, marker):
-    assert set(RUN_MARKERS) == {"metrics.jsonl", "checkpoints", "final"}
+    assert set(RUN_OUTPUTS) == {"metrics.jsonl", "checkpoints", "final"}
     marker_file = make_marker(tmp_path, marker)
     (tmp_path / "config.yaml").write_text("earlier: run\n")
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    cfg, plan = planned(values={"output_dir": str(tmp_path), "resume": "none"})
+    plan = planned(values={"output_dir": str(tmp_path), "resume": "none"})
     with pytest.raises(ConfigError) as info:
-        write_run_config(cfg, plan)
+        write_run_config(plan)
     assert info.value.key == "output_dir" and "resume=auto" in str(info.value)
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
     assert marker_file.exists()
 
 
-@pytest.mark.parametrize("marker", RUN_MARKERS)
+@pytest.mark.parametrize("marker", RUN_OUTPUTS)
 def test_resume_auto_may_write_over_an_earlier_run(tmp_path, marker):
     marker_file = make_marker(tmp_path, marker)
     content = marker_file.read_bytes()
-    cfg, plan = planned(values={"output_dir": str(tmp_path), "resume": "auto"})
-    write_run_config(cfg, plan)
+    plan = planned(values={"output_dir": str(tmp_path), "resume": "auto"})
+    write_run_config(plan)
     assert load_resolved(plan.config_path).resume == "auto"
     assert marker_file.read_bytes() == content
 
@@ -293,8 +285,8 @@ def test_resume_auto_may_write_over_an_earlier_run(tmp_path, marker):
 def test_a_directory_without_run_outputs_is_fine(tmp_path):
     # Hydra creates output_dir (and launcher.log in it) before the launcher runs.
     (tmp_path / "launcher.log").write_text("")
-    cfg, plan = planned(values={"output_dir": str(tmp_path)})
-    write_run_config(cfg, plan)
+    plan = planned(values={"output_dir": str(tmp_path)})
+    write_run_config(plan)
     assert plan.config_path.is_file()
 
 

@@ -13,7 +13,7 @@ from shardtune.sweep.parallel import parallel_trials
 from shardtune.sweep.records import TrialRecord
 from shardtune.sweep.report import collect, write_report
 from shardtune.sweep.trial import error_summary
-from shardtune.validation import ConfigError
+from shardtune.errors import ConfigError
 
 
 def test_the_same_command_names_the_same_sweep_directory():

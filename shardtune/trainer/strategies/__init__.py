@@ -1,13 +1,11 @@
-"""Strategies: how the model and optimizer are spread over ranks. `make_strategy` picks one by name."""
+"""Strategies: how the model and optimizer are spread over ranks. `make_strategy` builds the one the run's
+strategy entry (strategy_registry) names."""
+import importlib
+
+from ...strategy_registry import strategy_spec
 from .base import Strategy
 
 
 def make_strategy(cfg, device, dtype) -> Strategy:
-    if "stage" in cfg.strategy:
-        from .deepspeed import DeepSpeedStrategy
-        return DeepSpeedStrategy(cfg, device, dtype)
-    if cfg.strategy.name == "fsdp":
-        from .fsdp import FSDPStrategy
-        return FSDPStrategy(cfg, device, dtype)
-    from .ddp import DDPStrategy
-    return DDPStrategy(cfg, device, dtype)
+    module, name = strategy_spec(cfg.strategy).implementation.split(":")
+    return getattr(importlib.import_module(module), name)(cfg, device, dtype)

@@ -10,21 +10,18 @@ import contextlib
 import torch
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from ...precision import DTYPES
 from ..model import decoder_layers, is_quantized
 from .base import Strategy
-
-REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FSDPStrategy(Strategy):
     def wrap(self, model, make_optimizer, make_scheduler):
-        options = self.cfg.strategy
-        if options.reduce_dtype not in REDUCE_DTYPES:
-            raise ValueError(f"strategy.reduce_dtype: expected fp32 or bf16, got {options.reduce_dtype!r}")
+        options = self.cfg.strategy  # reduce_dtype is fp32 or bf16 (launcher/validation.py)
         mixed = self.dtype != torch.float32
         shard_options = dict(
             mp_policy=MixedPrecisionPolicy(param_dtype=self.dtype if mixed else None,
-                                           reduce_dtype=REDUCE_DTYPES[options.reduce_dtype] if mixed else None),
+                                           reduce_dtype=DTYPES[options.reduce_dtype] if mixed else None),
             offload_policy=CPUOffloadPolicy() if options.cpu_offload else OffloadPolicy(),
             ignored_params={p for p in model.parameters() if is_quantized(p)} or None,
         )

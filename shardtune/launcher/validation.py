@@ -11,26 +11,18 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# Which strategies each method runs on. Pairs outside this table are refused up front.
-COMPATIBLE_STRATEGIES = {
-    "full": ("zero1", "zero2", "zero3", "zero3_offload", "ddp", "fsdp"),
-    "lora": ("ddp", "fsdp"),
-    "qlora": ("ddp", "fsdp"),
-}
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from ..cluster.rendezvous import split_endpoint
+from ..cluster.slurm import check_time_limit
+from ..config import ClusterConfig, typed_config
+from ..data.formats import FORMATS
+from ..data.pipeline import sources
+from ..data.sources import looks_local
+from ..errors import ConfigError
+from ..paths import looks_like_local_path
+from ..precision import DTYPES, PRECISIONS
+from ..strategy_registry import METHODS, STRATEGIES, strategies_for
+
 SCHEDULERS = ("cosine", "linear", "constant")
-
-
-class ConfigError(ValueError):
-    """A user error in the config; the message names the key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-def looks_like_local_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
 
 
 def validate(cfg, device_type: str, world_size: int) -> None:
@@ -52,19 +44,10 @@ def validate(cfg, device_type: str, world_size: int) -> None:
 def _validate_schema(cfg) -> None:
     """Refuse keys the schema lacks. Hydra's `+key=value` appends them even to structured configs; the
     workers' load_resolved would then refuse them only after torchrun had started."""
-    from .config import METHOD_SCHEMAS, STRATEGY_SCHEMAS, Config, strategy_schema
-    checks = [("", Config, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("method", "strategy")]))]
-    if cfg.method.name in METHOD_SCHEMAS:
-        checks.append(("method.", METHOD_SCHEMAS[cfg.method.name], cfg.method))
-    if "stage" in cfg.strategy or cfg.strategy.name in STRATEGY_SCHEMAS:
-        checks.append(("strategy.", strategy_schema(cfg.strategy), cfg.strategy))
-    for prefix, schema, node in checks:  # unknown method/strategy names are left to _validate_method_strategy
-        try:
-            # A plain copy: merging the composed node itself would carry its appended keys along.
-            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=False))
-        except OmegaConfBaseException as error:
-            key = prefix + (error.full_key or "")
-            raise ConfigError(key.rstrip("."), f"not accepted by the schema: {str(error).splitlines()[0]}") from error
+    try:
+        typed_config(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(error.full_key or "config", f"not accepted by the schema: {str(error).splitlines()[0]}") from error
 
 
 def _validate_launcher(launcher) -> None:
@@ -78,14 +61,12 @@ def _validate_launcher(launcher) -> None:
         if not 1 <= launcher.min_nodes <= launcher.nnodes:
             raise ConfigError("launcher.min_nodes", f"must be in [1, nnodes={launcher.nnodes}], got {launcher.min_nodes}")
     if launcher.rdzv_endpoint:
-        from .cluster.rendezvous import split_endpoint
         split_endpoint(launcher.rdzv_endpoint)
     if launcher.max_restarts < 0:
         raise ConfigError("launcher.max_restarts", f"must be >= 0, got {launcher.max_restarts}")
 
 
 def _validate_cluster(cluster) -> None:
-    from .config import ClusterConfig
     if cluster.name not in ("local", "slurm"):
         raise ConfigError("cluster.name", f"unknown cluster {cluster.name!r}; choose local or slurm")
     if cluster.name == "local":
@@ -100,14 +81,10 @@ def _validate_cluster(cluster) -> None:
             raise ConfigError("cluster.rdzv_port", f"must be a port number, or 0 for a free one; got {cluster.rdzv_port}")
         if cluster.gpus_per_node < 0:
             raise ConfigError("cluster.gpus_per_node", f"must be >= 0, got {cluster.gpus_per_node}")
-        from .cluster.slurm import check_time_limit
         check_time_limit(cluster)
 
 
 def _validate_data(data) -> None:
-    from .data.formats import FORMATS
-    from .data.prepare import sources
-    from .data.sources import looks_local
     formats = (*FORMATS, "random_tokens")
     if data.format not in formats:
         raise ConfigError("data.format", f"expected one of {', '.join(formats)}, got {data.format!r}")
@@ -162,23 +139,29 @@ def _validate_model(model) -> None:
 
 def _validate_method_strategy(cfg, device_type: str) -> None:
     method, strategy = cfg.method.name, cfg.strategy.name
-    if method not in COMPATIBLE_STRATEGIES:
-        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(COMPATIBLE_STRATEGIES)}")
-    fitting = COMPATIBLE_STRATEGIES[method]
+    if method not in METHODS:
+        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    fitting = strategies_for(method)
     if strategy not in fitting:
         raise ConfigError("strategy", f"method={method} does not run on strategy={strategy}; "
                                       f"strategies that fit {method}: {', '.join(fitting)}")
-    if "stage" in cfg.strategy:
+    kind = STRATEGIES[strategy].kind
+    if kind == "deepspeed":
         if cfg.strategy.stage not in (1, 2, 3):
             raise ConfigError("strategy.stage", f"ZeRO stage must be 1, 2 or 3, got {cfg.strategy.stage}")
         if cfg.strategy.offload_param and cfg.strategy.stage != 3:
             raise ConfigError("strategy.offload_param", "parameter offload needs ZeRO stage 3")
+    if kind == "fsdp" and cfg.strategy.reduce_dtype not in ("fp32", "bf16"):
+        raise ConfigError("strategy.reduce_dtype", f"expected fp32 or bf16, got {cfg.strategy.reduce_dtype!r}")
     if method == "qlora":
         q = cfg.method
         if q.bits not in (4, 8):
             raise ConfigError("method.bits", f"expected 4 (NF4/FP4) or 8 (LLM.int8), got {q.bits}")
         if q.quant_type not in ("nf4", "fp4"):
             raise ConfigError("method.quant_type", f"expected nf4 or fp4, got {q.quant_type!r}")
+        for key in ("compute_dtype", "quant_storage_dtype"):
+            if q[key] != "auto" and q[key] not in DTYPES:
+                raise ConfigError(f"method.{key}", f"expected auto, {', '.join(DTYPES)}, got {q[key]!r}")
         # bitsandbytes' CPU backend warns at import that an optional kernel package is absent.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:

@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from .clean import clean_rows
-from .errors import DataError
+from ..errors import DataError
 from .formats import FORMATS, chat_template_for
 from .packing import pack_examples
 from .sources import SPLITS, load_source

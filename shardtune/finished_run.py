@@ -1,4 +1,4 @@
-"""Loading what a run trained, in a single process with no process group: `load_trained_model`.
+"""Loading a finished run's trained model, in a single process with no process group: `load_trained_model`.
 
 Owns finding a run's weights (final/ by default, or a complete checkpoint by name or path) and
 rebuilding the model exactly as trained: for LoRA a peft model over the frozen base, for QLoRA over
@@ -13,11 +13,12 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 
 from .config import load_resolved
-from .trainer.checkpoint import COMPLETE_MARKER, STEP_DIR, checkpoint_root, complete_checkpoints
-from .trainer.model import DTYPES, RANDOM_INIT_DIR, add_lora, build_tokenizer, load_base_model
+from .precision import DTYPES
+from .run_dir import (COMPLETE_MARKER, CONFIG_FILE, FINAL_DIR, RANDOM_INIT_DIR, STEP_DIR, checkpoint_root,
+                      complete_checkpoints, is_complete)
+from .trainer.model import add_lora, build_tokenizer, load_base_model
 from .trainer.strategies.deepspeed import CHECKPOINT_TAG as DEEPSPEED_TAG
 
-FINAL_DIR = "final"
 DCP_DIR = "state"  # strategies/base.py saves DDP and FSDP checkpoints under step-N/state
 
 
@@ -45,7 +46,7 @@ def resolve_source(run_dir, checkpoint: Optional[str] = None) -> Source:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise RunDirError(f"{run_dir} is not a shardtune run directory: no {config_path}")
     config = load_resolved(config_path)
@@ -56,7 +57,7 @@ def resolve_source(run_dir, checkpoint: Optional[str] = None) -> Source:
                               f"and no checkpoint was given; {available_checkpoints(run_dir)}")
         return Source(run_dir, config, final, "final")
     path = checkpoint_path(run_dir, checkpoint)
-    if not (path / COMPLETE_MARKER).exists():
+    if not is_complete(path):
         raise RunDirError(f"checkpoint {path} is not complete (no {COMPLETE_MARKER} marker: its save was interrupted)")
     if (path / DCP_DIR / ".metadata").is_file():
         return Source(run_dir, config, path, "dcp")
@@ -93,7 +94,7 @@ def base_model_source(source: Source) -> str:
     if model_cfg.init != "random":
         return model_cfg.name_or_path
     path = source.run_dir / RANDOM_INIT_DIR
-    if not (path / COMPLETE_MARKER).exists():
+    if not is_complete(path):
         raise RunDirError(f"the run's base model {path} is missing or incomplete (model.init=random writes it "
                           f"when training starts)")
     return str(path)

@@ -1,0 +1,73 @@
+"""Launching a run: plan it, tokenize its data, write its config, then start its workers here or submit its Slurm
+job. `shardtune train` and each trial of a sweep call these; the workers never come back here."""
+import logging
+import sys
+
+from omegaconf import DictConfig
+
+from ..cluster import slurm
+from ..cluster.rendezvous import check_rendezvous_reachable
+from ..data import load_or_build
+from ..run_dir import PREEMPTED_MARKER
+from ..trainer.model import build_tokenizer
+from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
+
+log = logging.getLogger("shardtune")
+
+
+def tokenize_data(cfg: DictConfig, rebuild: bool = False):
+    """Tokenize the run's data into the cache in this process (or find it there), so that bad data fails before
+    any worker starts; (the splits, the tokenizer, the cache entry)."""
+    tokenizer = build_tokenizer(cfg.model)
+    prepared, path, reused = load_or_build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed, rebuild=rebuild)
+    log.info("data %s %s: %s", "reused from" if reused else "prepared in", path,
+             ", ".join(f"{key} {value}" for key, value in prepared.report.items()))
+    return prepared, tokenizer, path
+
+
+def prepare_run(cfg: DictConfig) -> LaunchPlan:
+    """Everything before the workers start: plan, refuse to clobber an earlier run, check that node 0 is reachable,
+    tokenize the data (once per cluster, on node 0) and write the run's config."""
+    plan = plan_launch(cfg)
+    cfg = plan.config
+    refuse_existing_run(cfg, plan.output_dir)  # before the data work, which may take a while
+    if cfg.cluster.name == "local":
+        check_rendezvous_reachable(cfg.launcher, log)  # other nodes: fail clearly rather than hang in torchrun
+    cache_entry = None
+    if cfg.launcher.node_rank == 0:
+        _, _, cache_entry = tokenize_data(cfg)  # the workers of every node load this cache entry
+    else:
+        log.info("node %d: node 0's launcher prepares the data; the workers load it from the cache (or build "
+                 "it where this node does not share node 0's cache directory)", cfg.launcher.node_rank)
+    write_run_config(plan, cache_entry)
+    return plan
+
+
+def launch(cfg: DictConfig) -> None:
+    """`shardtune train`: one run, on this machine or as a Slurm job."""
+    plan = prepare_run(cfg)
+    if plan.config.cluster.name == "slurm":
+        submit_to_slurm(plan)
+    else:
+        run_locally(plan)
+
+
+def run_locally(plan: LaunchPlan) -> None:
+    log.info("run directory %s; %d workers (%s): %s", plan.output_dir, plan.world_size, plan.device_type,
+             plan.command_line())
+    returncode = run_torchrun(plan)
+    if returncode:
+        sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {plan.output_dir}")
+    if (plan.output_dir / PREEMPTED_MARKER).exists():
+        log.info("stopped on SIGUSR1 after saving a checkpoint; continue with: shardtune train ... "
+                 "output_dir=%s resume=auto", plan.output_dir)
+
+
+def submit_to_slurm(plan: LaunchPlan) -> str:
+    cfg = plan.config
+    script = slurm.write_batch_script(cfg, plan.config_path, sys.executable)
+    job_id = slurm.submit(script)
+    print(f"submitted Slurm job {job_id}: {cfg.cluster.nodes} node(s) x {plan.nproc_per_node} worker(s)\n"
+          f"  script  {script}\n  log     {slurm.log_path(plan.output_dir, job_id)}\n"
+          f"  status  shardtune status {plan.output_dir}\n  cancel  shardtune cancel {plan.output_dir}", flush=True)
+    return job_id
