@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 # CUDA packages. On a GPU machine, install the torch build you want first and set TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo learning-demo test test-unit test-dist clean
+.PHONY: setup demo learning-demo test test-fast test-unit test-dist clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ learning-demo: setup
 # files in flight keep both cores busy (about 15 minutes instead of 25 on 2 cores, as root).
 test: setup
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
+
+# The developer's loop (a few minutes): the unit tier and the cheapest multi-process tests (marker `fast`).
+test-fast: setup
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "unit or fast"
 
 test-unit: setup
 	$(PYTHON) -m pytest -q tests/unit

@@ -106,7 +106,18 @@ SLOW_FILES = ["tests/dist/test_matrix.py", "tests/sweep/test_optuna_sweeps.py", 
               "tests/dist/test_preemption.py"]
 
 
+# The tiers, by the folder a test file is in (pyproject.toml documents the markers). `make test-fast` runs the unit
+# tier and the dist tests marked `fast`; `make test` runs everything.
+TIERS = {"unit": "unit", "dist": "dist", "sweep": "dist", "cluster": "cluster", "gpu": "gpu"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(item.path).parent.name
+        if folder not in TIERS:
+            raise pytest.UsageError(f"{item.path}: a test file belongs in one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(TIERS[folder])
+
     def rank(item):
         path = item.nodeid.split("::")[0]
         return SLOW_FILES.index(path) if path in SLOW_FILES else len(SLOW_FILES)

@@ -14,8 +14,6 @@ import pytest
 from cluster_env import require_netns
 from conftest import FAST, train_losses
 
-pytestmark = pytest.mark.cluster
-
 SUBNET = "10.231.{}".format(os.getpid() % 200 + 20)  # a /24 of its own per test process
 # Same seed, data and math on 4 ranks either way (measured: identical to the last bit); the tolerance only
 # leaves room for a gloo build that orders its sums differently across hosts.

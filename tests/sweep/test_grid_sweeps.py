@@ -10,8 +10,6 @@ import pytest
 from conftest import final_val_loss, run_shardtune
 from sweep_helpers import TRIAL, results, trial_record
 
-pytestmark = pytest.mark.dist
-
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):

@@ -8,8 +8,6 @@ import pytest
 from conftest import final_val_loss, read_metrics, run_shardtune
 from sweep_helpers import TRIAL, results, trial_record
 
-pytestmark = pytest.mark.dist
-
 
 OPTUNA = ["hydra/sweeper=optuna", "hydra.sweeper.sampler.seed=3", "optim.lr=tag(log, interval(1e-5, 1e-2))",
           "method.rank=choice(4,8)", "sweep.pruner=median", "sweep.pruner_startup_trials=1", "launcher.cpu_workers=1"]
