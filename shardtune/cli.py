@@ -138,7 +138,7 @@ def main() -> None:
         scratch = tempfile.mkdtemp(prefix="shardtune-plan-")
         sys.argv.append(f"hydra.run.dir={scratch}")
     register_configs()
-    from .trainer.worker import quiet_libraries
+    from .quiet import quiet_libraries
     quiet_libraries()
     task = COMMANDS[command]
 

@@ -87,7 +87,7 @@ class QLoraMethodConfig(LoraMethodConfig):
     compute_dtype: str = "auto"
     """Dtype the 4-bit weights are dequantized to for matmuls; auto = the training precision."""
     quant_storage_dtype: str = "auto"
-    """Dtype the packed 4-bit weights are stored in; auto = uint8."""
+    """Dtype the packed 4-bit weights are stored in (bf16, fp16 or fp32); auto = the compute dtype."""
 
 
 @dataclass

@@ -109,7 +109,7 @@ def export_command(argv: list) -> None:
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    from .trainer.worker import quiet_libraries
+    from .quiet import quiet_libraries
     quiet_libraries()
     try:
         output_dir = export_model(args.run_dir, args.output, args.checkpoint, args.dtype, args.force)

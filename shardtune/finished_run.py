@@ -13,10 +13,11 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 
 from .config import load_resolved
+from .data.tokenizer import build_tokenizer
 from .precision import DTYPES
 from .run_dir import (COMPLETE_MARKER, CONFIG_FILE, FINAL_DIR, RANDOM_INIT_DIR, STEP_DIR, checkpoint_root,
                       complete_checkpoints, is_complete)
-from .trainer.model import add_lora, build_tokenizer, load_base_model
+from .trainer.model import add_lora, load_base_model
 from .trainer.strategies.deepspeed import CHECKPOINT_TAG as DEEPSPEED_TAG
 
 DCP_DIR = "state"  # strategies/base.py saves DDP and FSDP checkpoints under step-N/state

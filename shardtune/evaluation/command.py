@@ -155,7 +155,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 def eval_command(argv: List[str]) -> None:
     from ..finished_run import RunDirError
-    from ..trainer.worker import quiet_libraries
+    from ..quiet import quiet_libraries
     args = parse_args(argv)
     quiet_libraries()
     try:

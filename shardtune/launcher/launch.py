@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 from ..cluster import slurm
 from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
+from ..data.tokenizer import build_tokenizer
 from ..run_dir import PREEMPTED_MARKER
-from ..trainer.model import build_tokenizer
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
 
 log = logging.getLogger("shardtune")

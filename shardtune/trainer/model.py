@@ -8,20 +8,11 @@ works the same way, and a resumed run finds its frozen base again.
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..precision import DTYPES
 from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
-
-
-def build_tokenizer(model_cfg):
-    source = model_cfg.tokenizer or model_cfg.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # labels mask padding out, so sharing EOS is harmless
-    return tokenizer
 
 
 def is_quantized(param: torch.nn.Parameter) -> bool:

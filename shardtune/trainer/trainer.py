@@ -17,12 +17,13 @@ import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, load_or_build_in_workers
 from ..data.tokenize import IGNORE_INDEX
+from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
 from . import checkpoint, preemption, pruning
 from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
-from .model import build_model, build_tokenizer, count_parameters, model_source
+from .model import build_model, count_parameters, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 

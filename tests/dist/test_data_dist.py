@@ -5,7 +5,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import read_metrics, run_shardtune, train_losses
+
+from shardtune.config import load_resolved
 
 WORKER = '''
 import hashlib, json, sys
@@ -32,6 +35,7 @@ def digests_of(prepared) -> dict:
             for name in ("train", "validation", "test")}
 
 
+@pytest.mark.fast
 def test_ranks_share_one_build_with_the_single_process_splits(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
@@ -63,6 +67,9 @@ def test_packed_chat_run_trains_on_two_ranks(tmp_path, fast_overrides):
                            f"data.path={data}", "data.packing=true", "train.seq_len=128",
                            f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={run_dir}")
     assert "packed_train_rows" in result.stderr and "packing_efficiency" in result.stderr
+    # The launcher tokenized the data once and recorded the entry; the workers loaded that entry.
+    entry = load_resolved(run_dir / "config.yaml").data.cache_entry
+    assert f"data prepared in {entry}:" in result.stderr and f"data from {entry}:" in result.stderr
     losses = train_losses(run_dir)
     assert len(losses) == 8 and losses[8] < losses[1] - 0.3
     assert read_metrics(run_dir)[-1]["val/loss"] > 0

@@ -31,7 +31,9 @@ def test_activation_checkpointing_changes_memory_not_math(tmp_path, shared_run, 
 
 @pytest.mark.parametrize("overrides", [
     ["method=lora", "strategy=fsdp", "method.use_dora=true"],
-    ["method=lora", "strategy=ddp", "method.target_modules=[q_proj,v_proj]", "method.rank=4"],
+    # A whole run through the real command, and the cheapest: `make test-fast` takes it.
+    pytest.param(["method=lora", "strategy=ddp", "method.target_modules=[q_proj,v_proj]", "method.rank=4"],
+                 marks=pytest.mark.fast),
 ], ids=["dora-fsdp", "named-targets"])
 def test_method_variants_train(tmp_path, overrides):
     losses = losses_of(tmp_path, "run", *overrides)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from shardtune.cluster.shared_fs import write_once_per_filesystem
 from shardtune.run_dir import write_directory_atomically
 
+pytestmark = pytest.mark.fast
 NODES, RANKS_PER_NODE = 2, 2
 
 

@@ -8,6 +8,7 @@ what is tested. No worker starts: every `shardtune train` here is refused before
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 
 import pytest
 from conftest import compose_cfg, run_shardtune
@@ -27,7 +28,9 @@ from shardtune.config import (
 )
 from shardtune.errors import ConfigError
 from shardtune.launcher.validation import validate
-from shardtune.strategy_registry import DDPStrategyConfig, DeepSpeedStrategyConfig, FSDPStrategyConfig
+from shardtune.strategy_registry import STRATEGIES as REGISTRY
+from shardtune.strategy_registry import (ADAMW, CPU_ADAMW, DDPStrategyConfig, DeepSpeedStrategyConfig,
+                                         FSDPStrategyConfig, Sharding)
 
 STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
 
@@ -145,6 +148,23 @@ def test_every_strategy_composes_with_its_schema(preset):
         assert strategy.offload_optimizer is offload_optimizer
         assert strategy.offload_param is offload_param
         assert strategy.reduce_bucket_size == 50_000_000
+
+
+def test_every_strategy_option_is_one_registry_entry_with_its_schema_sharding_and_optimizer():
+    options = {path.stem for path in (resources.files("shardtune") / "conf" / "strategy").iterdir()
+               if path.suffix == ".yaml"}
+    assert options == set(STRATEGIES) == set(REGISTRY)
+    for name in options:
+        strategy = compose_cfg("method=full", f"strategy={name}").strategy
+        entry = REGISTRY[name]
+        assert OmegaConf.get_type(strategy) is entry.schema and entry.name == name
+        assert "full" in entry.methods
+    offload = compose_cfg("method=full", "strategy=zero3_offload").strategy
+    assert REGISTRY["zero3_offload"].sharding(offload, 4) == Sharding(4, 4, 4, weights_offloaded=True,
+                                                                     optimizer_offloaded=True)
+    assert REGISTRY["zero3_offload"].optimizer(offload) == CPU_ADAMW
+    assert REGISTRY["zero2"].sharding(compose_cfg("method=full", "strategy=zero2").strategy, 4) == Sharding(1, 4, 4)
+    assert REGISTRY["fsdp"].optimizer(compose_cfg("strategy=fsdp", "strategy.cpu_offload=true").strategy) == ADAMW
 
 
 def test_ddp_and_fsdp_fields():
@@ -276,6 +296,9 @@ REFUSED = [
     (("method=qlora",), {"method.bits": 16}, "method.bits", "got 16"),
     (("method=qlora",), {"method.quant_type": "int4"}, "method.quant_type", "nf4 or fp4"),
     (("method=lora",), {"method.rank": 0}, "method.rank", "rank must be >= 1"),
+    (("method=qlora",), {"method.compute_dtype": "bfloat16"}, "method.compute_dtype", "auto, bf16, fp16, fp32"),
+    (("method=qlora",), {"method.quant_storage_dtype": "int4"}, "method.quant_storage_dtype", "got 'int4'"),
+    (("strategy=fsdp",), {"strategy.reduce_dtype": "fp16"}, "strategy.reduce_dtype", "fp32 or bf16"),
 ]
 
 

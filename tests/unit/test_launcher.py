@@ -239,6 +239,12 @@ def test_run_config_is_resolved_and_reloads_into_typed_nodes(tmp_path):
     assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(plan.config, resolve=True)
 
 
+def test_run_config_names_the_cache_entry_the_launcher_tokenized(tmp_path):
+    plan = planned(values={"output_dir": str(tmp_path / "run")})
+    write_run_config(plan, cache_entry=tmp_path / "cache" / "0123abcd")
+    assert load_resolved(plan.config_path).data.cache_entry == str(tmp_path / "cache" / "0123abcd")
+
+
 def test_deepspeed_run_config_reloads_with_the_deepspeed_schema(tmp_path):
     plan = planned("method=full", "strategy=zero3_offload", values={"output_dir": str(tmp_path)})
     write_run_config(plan)

@@ -12,7 +12,7 @@ PACKAGES = ("shardtune", "hydra_plugins")
 # Which room each module is in: the longest matching prefix.
 ROOM_OF = {
     "shardtune": "base", "shardtune.errors": "base", "shardtune.paths": "base", "shardtune.run_dir": "base",
-    "shardtune.precision": "base",
+    "shardtune.precision": "base", "shardtune.quiet": "base",
     "shardtune.config": "config", "shardtune.strategy_registry": "config", "shardtune.conf": "config",
     "shardtune.cluster": "cluster",
     "shardtune.data": "data",
