@@ -1,0 +1,9 @@
+"""The launch side: everything between the composed config and the workers.
+
+validation.py  the cross-field rules, each error naming the key
+torchrun.py    plan_launch (this machine's device, workers and precision; no side effects), the torchrun command,
+               writing the run's config.yaml
+memory.py      the per-GPU memory estimate of `shardtune plan`
+launch.py      `shardtune train` and a sweep's trial: plan, tokenize the data once, write the config, then start
+               torchrun or submit the Slurm job
+"""

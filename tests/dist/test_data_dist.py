@@ -69,7 +69,8 @@ def test_packed_chat_run_trains_on_two_ranks(tmp_path, fast_overrides):
     assert "packed_train_rows" in result.stderr and "packing_efficiency" in result.stderr
     # The launcher tokenized the data once and recorded the entry; the workers loaded that entry.
     entry = load_resolved(run_dir / "config.yaml").data.cache_entry
-    assert f"data prepared in {entry}:" in result.stderr and f"data from {entry}:" in result.stderr
+    launcher_log, worker_log = result.stdout, result.stderr  # Hydra logs to stdout, the workers to stderr
+    assert f"data prepared in {entry}:" in launcher_log and f"data from {entry}:" in worker_log
     losses = train_losses(run_dir)
     assert len(losses) == 8 and losses[8] < losses[1] - 0.3
     assert read_metrics(run_dir)[-1]["val/loss"] > 0
