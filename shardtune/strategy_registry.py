@@ -10,8 +10,6 @@ from typing import Any, Callable, Dict, Tuple
 
 from omegaconf import MISSING
 
-METHODS = ("full", "lora", "qlora")
-
 
 @dataclass
 class DDPStrategyConfig:
@@ -117,9 +115,10 @@ def _deepspeed(name: str) -> StrategySpec:
 # In the order error messages list them.
 STRATEGIES: Dict[str, StrategySpec] = {spec.name: spec for spec in (
     *map(_deepspeed, ("zero1", "zero2", "zero3", "zero3_offload")),
-    StrategySpec("ddp", "ddp", DDPStrategyConfig, METHODS, "shardtune.trainer.strategies.ddp:DDPStrategy",
+    StrategySpec("ddp", "ddp", DDPStrategyConfig, ("full", "lora", "qlora"), "shardtune.trainer.strategies.ddp:DDPStrategy",
                  _replicated, _torch_adamw),
-    StrategySpec("fsdp", "fsdp", FSDPStrategyConfig, METHODS, "shardtune.trainer.strategies.fsdp:FSDPStrategy",
+    StrategySpec("fsdp", "fsdp", FSDPStrategyConfig, ("full", "lora", "qlora"),
+                 "shardtune.trainer.strategies.fsdp:FSDPStrategy",
                  _fully_sharded, _torch_adamw),
 )}
 # One schema per kind, stored in Hydra's ConfigStore as schema/strategy/<kind>.

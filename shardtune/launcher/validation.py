@@ -13,14 +13,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster.rendezvous import split_endpoint
 from ..cluster.slurm import check_time_limit
-from ..config import ClusterConfig, typed_config
+from ..config import METHOD_SCHEMAS, ClusterConfig, typed_config
 from ..data.formats import FORMATS
 from ..data.pipeline import sources
 from ..data.sources import looks_local
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
-from ..strategy_registry import METHODS, STRATEGIES, strategies_for
+from ..strategy_registry import STRATEGIES, strategies_for
 
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -139,8 +139,8 @@ def _validate_model(model) -> None:
 
 def _validate_method_strategy(cfg, device_type: str) -> None:
     method, strategy = cfg.method.name, cfg.strategy.name
-    if method not in METHODS:
-        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in METHOD_SCHEMAS:
+        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(METHOD_SCHEMAS)}")
     fitting = strategies_for(method)
     if strategy not in fitting:
         raise ConfigError("strategy", f"method={method} does not run on strategy={strategy}; "
