@@ -25,7 +25,7 @@ learning-demo: setup
 	$(PYTHON) scripts/learning_demo.py
 
 # Two pytest workers, a test file each at a time: most of a multi-process test's time is start-up, so two
-# files in flight keep both cores busy (about 15 minutes instead of 25 on 2 cores, as root).
+# files in flight keep both cores busy (three were slower on 2 cores: measured 2026-12-02).
 test: setup
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
