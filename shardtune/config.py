@@ -142,7 +142,10 @@ class DataConfig:
     drop_duplicates: bool = True
     """Drop exact repeats of an earlier row (they would leak between the splits)."""
     too_long: str = "truncate"
-    """Rows longer than train.seq_len: truncate (keep the start) or drop."""
+    """Rows longer than train.seq_len: truncate (keep the start), keep_response (shorten the prompt from its oldest
+    tokens, BOS kept, so the response stays; then cut the response's end), drop, or split (format=completion: a
+    long text becomes consecutive train.seq_len chunks, all trained; with packing the texts are concatenated and
+    chunked)."""
     packing: bool = False
     """Pack several examples into each training sequence of train.seq_len; attention stays within each
     example (position ids restart per example)."""
@@ -185,7 +188,7 @@ class TrainConfig:
     global_batch_size: Optional[int] = None
     """Optional check: must equal micro_batch_size * grad_accum * world size."""
     seq_len: int = 512
-    """Longest sequence; longer examples are truncated."""
+    """Longest sequence; longer examples are handled by data.too_long."""
     precision: str = "auto"
     """bf16, fp16 or fp32; auto = bf16 on GPU, fp32 on CPU."""
     grad_clip: float = 1.0

@@ -28,7 +28,7 @@ from .pipeline import PreparedData, build, sources
 from .sources import SPLITS, looks_local
 
 log = logging.getLogger("shardtune")
-CACHE_VERSION = 2  # bump when the prepared format changes
+CACHE_VERSION = 3  # bump when the prepared format changes (3: the too_long checks and counts)
 EMPTY_SPLIT = "empty-split.json"
 # Settings that do not change the prepared rows.
 NOT_IN_KEY = ("name", "cache_dir", "cache_entry", "num_proc")

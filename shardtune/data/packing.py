@@ -6,6 +6,11 @@ boundaries when no attention mask is given (a block-diagonal mask for sdpa/eager
 kernels for flash attention), so attention and positions are what they would be unpacked. The first
 label of each example is masked: unpacked, no token predicts it, and packed, the previous example's
 last token must not be trained to predict it either. The loss is then the same as unpacked.
+
+With data.too_long=split the texts are instead laid end to end (each ends in EOS) and cut into rows of
+exactly seq_len, as pretraining does: nothing is lost and no row has room to spare. The same position
+restarts keep each text's attention within itself; a text that runs past a row's end continues at the start
+of the next row.
 """
 import bisect
 from typing import Dict, List
@@ -53,4 +58,33 @@ def pack_examples(ds: Dataset, seq_len: int) -> Dataset:
         packed["input_ids"].append(row_ids)
         packed["labels"].append(row_labels)
         packed["position_ids"].append(row_positions)
+    return Dataset.from_dict(packed)
+
+
+def concatenate_and_chunk(ds: Dataset, seq_len: int) -> Dataset:
+    """Rows of input_ids, labels and position_ids: the examples in order, end to end, cut every seq_len tokens
+    (the last row may be shorter). Positions restart at each example and at each row; each example's first
+    label is masked, as in pack_examples."""
+    packed: Dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    row: Dict[str, list] = {name: [] for name in packed}
+
+    def close_row():
+        for name in packed:
+            packed[name].append(row[name])
+            row[name] = []
+
+    for chunk in ds.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
+        for ids, labels in zip(chunk["input_ids"], chunk["labels"]):
+            labels = [IGNORE_INDEX] + labels[1:]
+            start = 0
+            while start < len(ids):  # a piece ends where the example or the row ends
+                take = min(seq_len - len(row["input_ids"]), len(ids) - start)
+                row["input_ids"] += ids[start:start + take]
+                row["labels"] += labels[start:start + take]
+                row["position_ids"] += range(take)
+                start += take
+                if len(row["input_ids"]) == seq_len:
+                    close_row()
+    if row["input_ids"]:
+        close_row()
     return Dataset.from_dict(packed)

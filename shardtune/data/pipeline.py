@@ -1,10 +1,12 @@
 """From the data config to tokenized train / validation / test splits, with the counts of every rule.
 
 Per source: load -> check and normalise the format -> clean -> split (the dataset's own splits, or
-carved deterministically from its rows) -> tokenize with masking. Then the sources' training rows are
-mixed by weight, and packed if asked. Every step depends only on the data, the tokenizer, the settings
+carved deterministically from its rows) -> tokenize with masking, fitting long rows to seq_len by
+data.too_long (training rows that all lose every trained token are refused). Then the sources' training rows
+are mixed by weight, and packed if asked. Every step depends only on the data, the tokenizer, the settings
 and the seed, so every rank (and every later run) computes the same splits in the same order.
 """
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -15,11 +17,12 @@ from datasets import Dataset, concatenate_datasets
 from .clean import clean_rows
 from ..errors import DataError
 from .formats import FORMATS, chat_template_for
-from .packing import pack_examples
+from .packing import concatenate_and_chunk, pack_examples
 from .sources import SPLITS, load_source
 from .synthetic import random_token_rows
-from .tokenize import tokenize_split
+from .tokenize import BOOKKEEPING, rows_without_trained_tokens, tokenize_split
 
+logger = logging.getLogger(__name__)
 SOURCE_FIELDS = ("path", "format", "columns", "subset", "split", "revision")
 
 
@@ -83,7 +86,8 @@ def build(data_cfg, tokenizer, seq_len: int, seed: int) -> PreparedData:
     all_sources = sources(data_cfg)
     for number, source in enumerate(all_sources):
         prefix = f"{source_name(source)}/" if len(all_sources) > 1 else ""
-        splits, counts = _prepare_source(source, data_cfg, tokenizer, seq_len, seed + number)
+        format_key = f"data.mix.{number}.format" if data_cfg.mix else "data.format"
+        splits, counts = _prepare_source(source, format_key, data_cfg, tokenizer, seq_len, seed + number)
         report.update({prefix + key: value for key, value in counts.items()})
         parts["train"].append(weighted(splits["train"], source["weight"], seed + number))
         parts["validation"].append(splits["validation"])
@@ -94,13 +98,14 @@ def build(data_cfg, tokenizer, seq_len: int, seed: int) -> PreparedData:
     report.update({"train_rows": len(train), "validation_rows": len(val), "test_rows": len(test)})
     if data_cfg.packing:
         num_tokens = sum(map(len, train["input_ids"]))
-        train = pack_examples(train, seq_len)
+        # too_long=split left the training texts whole: laid end to end, they fill every row.
+        train = (concatenate_and_chunk if data_cfg.too_long == "split" else pack_examples)(train, seq_len)
         report.update({"packed_train_rows": len(train),
                        "packing_efficiency": round(num_tokens / (len(train) * seq_len), 4)})
     return PreparedData(train, val, test, report)
 
 
-def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
+def _prepare_source(source: dict, format_key: str, data_cfg, tokenizer, seq_len: int, seed: int):
     fmt = FORMATS[source["format"]]
     raw_splits = load_source(source["path"], source["subset"], source["split"], source["revision"])
     counts: Dict[str, float] = {}
@@ -108,6 +113,9 @@ def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
     for name, raw in raw_splits.items():
         if name not in SPLITS:
             continue  # e.g. a hub dataset's "unsupervised" split
+        if fmt.name != "completion" and any(f.suffix == ".txt" for f in raw.files):
+            raise DataError(f"{format_key}: {source['path']} holds .txt files, which are plain text (one completion "
+                            f"row per file), but the format is {fmt.name}; set {format_key}=completion")
         rows, split_counts = clean_rows(fmt.normalize(raw, source["columns"]), fmt, data_cfg.drop_duplicates)
         for key, value in split_counts.items():
             counts[key] = counts.get(key, 0) + value
@@ -125,12 +133,50 @@ def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
     chat_template = chat_template_for(data_cfg, tokenizer) if fmt.name == "chat" else None
     tokenized = {}
     for name, rows in carved.items():
-        result = tokenize_split(rows, fmt, tokenizer, seq_len, data_cfg.mask_prompt, data_cfg.too_long,
-                                chat_template, with_generation=name != "train", num_proc=data_cfg.num_proc)
-        counts[f"{name}_truncated"] = sum(result["truncated"])
-        counts[f"{name}_dropped_too_long"] = len(rows) - len(result)
-        tokenized[name] = result.remove_columns("truncated")
+        whole = name == "train" and data_cfg.packing and data_cfg.too_long == "split"  # build() chunks them
+        result = tokenize_split(rows, fmt, tokenizer, None if whole else seq_len, data_cfg.mask_prompt,
+                                data_cfg.too_long, chat_template, with_generation=name != "train",
+                                num_proc=data_cfg.num_proc)
+        counts.update(fit_counts(name, len(rows), result, seq_len, data_cfg.too_long, whole))
+        num_lost = check_trained_tokens(result, name, source["path"], seq_len, data_cfg.too_long)
+        if num_lost:
+            counts[f"{name}_no_trained_tokens"] = num_lost
+        if name == "train" and fmt.name == "completion" and counts["train_truncated"]:
+            logger.warning("%d of %d training texts of %s were cut to train.seq_len=%d and lost their ends; "
+                           "data.too_long=split trains on all of each text, in chunks of train.seq_len",
+                           counts["train_truncated"], len(rows), source["path"], seq_len)
+        tokenized[name] = result.remove_columns(list(BOOKKEEPING))
     return tokenized, counts
+
+
+def fit_counts(name: str, num_rows: int, result: Dataset, seq_len: int, too_long: str, whole: bool) -> Dict[str, int]:
+    """What data.too_long did to a split of num_rows rows: truncated, dropped, or split into chunks."""
+    chunks = result["chunk"]
+    counts = {f"{name}_truncated": sum(result["truncated"]), f"{name}_dropped_too_long": num_rows - chunks.count(0)}
+    if too_long == "split" and whole:  # chunked after mixing, as one stream: packed_train_rows counts the rows
+        counts[f"{name}_split_rows"] = sum(len(ids) > seq_len for ids in result["input_ids"])
+    elif too_long == "split" and chunks.count(1):
+        counts[f"{name}_split_rows"] = chunks.count(1)
+        counts[f"{name}_split_chunks"] = sum(1 for number in chunks if number > 0) + chunks.count(1)
+    return counts
+
+
+def check_trained_tokens(result: Dataset, split: str, where: str, seq_len: int, too_long: str) -> int:
+    """The rows of a tokenized split left without a trained token, with a warning; DataError when that is every
+    training row, for they would train nothing (the loss would be 0/0)."""
+    num_lost, longest_prompt = rows_without_trained_tokens(result)
+    if not num_lost:
+        return 0
+    advice = "a larger train.seq_len" if too_long == "keep_response" else \
+        "data.too_long=keep_response (shortens the prompt to keep the response) or a larger train.seq_len"
+    if split == "train" and num_lost == len(result):
+        raise DataError(f"train.seq_len={seq_len}: all {num_lost} training rows of {where} lose every trained token "
+                        f"to truncation; their prompts (the masked text before the first trained token) are up to "
+                        f"{longest_prompt} tokens long. Use {advice}")
+    logger.warning("%d of %d %s rows of %s have no trained tokens left after truncation to train.seq_len=%d "
+                   "(prompts up to %d tokens); they add no loss. Use %s", num_lost, len(result), split, where,
+                   seq_len, longest_prompt, advice)
+    return num_lost
 
 
 def _concatenate(parts: List[Dataset]) -> Dataset:

@@ -1,5 +1,10 @@
-"""Reading a dataset's raw rows: local JSON / JSONL / Parquet / CSV files, directories of them, and hub
+"""Reading a dataset's raw rows: local JSON / JSONL / Parquet / CSV / text files, directories of them, and hub
 datasets, through `datasets.load_dataset`.
+
+A .txt file is one row, {"text": the whole file}: a text file is a document whose lines and paragraphs belong
+together (line breaks are layout, blank lines are not example boundaries), so it trains as one completion text,
+cut into train.seq_len chunks by data.too_long=split rather than into fragments that lose their context. Rows
+of one line each are what .jsonl is for.
 
 Owns: telling a local path from a hub name, the dataset's own splits (a directory's train* / validation* /
 test* files, a hub dataset's splits), and finding the file and line behind a bad row, so that errors name
@@ -17,7 +22,9 @@ from datasets import Dataset
 from ..errors import DataError
 from ..paths import looks_like_local_path
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+BUILDER_OPTIONS = {"text": {"sample_by": "document"}}  # one row per file (see above)
+KINDS = ".jsonl, .json, .parquet, .csv or .txt"
 SPLITS = ("train", "validation", "test")
 
 
@@ -76,7 +83,7 @@ def _load_local(path: Path, split: Optional[str]) -> Dict[str, RawSplit]:
     for name, files in files_by_split.items():
         builders = {BUILDERS.get(f.suffix) for f in files}
         if None in builders or len(builders) != 1:
-            raise DataError(f"data.path: {path}: expected .jsonl, .json, .parquet or .csv files of one kind, "
+            raise DataError(f"data.path: {path}: expected {KINDS} files of one kind, "
                             f"got {sorted(f.name for f in files)}")
         for f in files:
             if f.stat().st_size == 0 or (BUILDERS[f.suffix] == "json" and not f.read_bytes().strip()):
@@ -92,19 +99,24 @@ def _directory_splits(directory: Path) -> Dict[str, List[Path]]:
     try:
         patterns = get_data_patterns(str(directory))
     except Exception:  # datasets raises EmptyDatasetError when nothing matches
-        raise DataError(f"data.path: {directory} holds no .jsonl, .json, .parquet or .csv files") from None
+        raise DataError(f"data.path: {directory} holds no {KINDS} files") from None
     found = DataFilesDict.from_local_or_remote(patterns, base_path=str(directory))
     by_split = {str(name): sorted(Path(f) for f in files if Path(f).suffix in BUILDERS)
                 for name, files in found.items()}
     by_split = {name: files for name, files in by_split.items() if files}
+    if any(f.suffix != ".txt" for files in by_split.values() for f in files):
+        # Next to data files, .txt files are notes (README.txt, LICENSE.txt), not rows.
+        by_split = {name: [f for f in files if f.suffix != ".txt"] for name, files in by_split.items()}
+        by_split = {name: files for name, files in by_split.items() if files}
     if not by_split:
-        raise DataError(f"data.path: {directory} holds no .jsonl, .json, .parquet or .csv files")
+        raise DataError(f"data.path: {directory} holds no {KINDS} files")
     return by_split
 
 
 def _read_files(builder: str, files: List[Path]) -> Dataset:
     try:
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                     **BUILDER_OPTIONS.get(builder, {}))
     except Exception as error:
         for f in files:  # name the first bad line rather than arrow's message
             if builder == "json":
@@ -152,6 +164,8 @@ def _check_json_file(path: Path) -> None:
 
 
 def _count_rows(path: Path) -> int:
+    if BUILDERS[path.suffix] == "text":
+        return 1
     if _is_json_lines(path):
         with path.open("rb") as f:
             return sum(1 for line in f if line.strip())

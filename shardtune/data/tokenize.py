@@ -1,8 +1,16 @@
 """Tokenization with loss masking: a format's text segments become `input_ids` and `labels`, where masked
-segments get label -100. Over-long rows are truncated (keeping the start) or dropped.
+segments get label -100. Rows longer than seq_len are handled by data.too_long:
+
+truncate       keep the start.
+keep_response  keep the response (the last trained segment and what follows it): the masked context before
+               it loses its oldest tokens first (a leading BOS stays), then the response loses its end. The
+               context keeps at least half the room when it is that long, so a long response cannot push the
+               whole prompt out; a short response is kept whole.
+drop           leave the row out.
+split          (completion text) consecutive chunks of seq_len tokens, each trained: nothing is lost.
 """
 import logging
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from datasets import Dataset
 
@@ -13,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (torch's cross-entropy default ignore_index)."""
+TOO_LONG = ("truncate", "keep_response", "drop", "split")
+BOOKKEEPING = ("truncated", "chunk", "prompt_tokens")
+"""Per-row columns for the pipeline's counts, removed before the splits are used: cut to fit (bool), the
+chunk's number within its text (split; 0 otherwise), and the masked tokens before the first trained one."""
 
 
 def adds_bos(tokenizer) -> bool:
@@ -22,18 +34,47 @@ def adds_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
-def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: int, mask_prompt: bool, too_long: str,
+def keep_response(input_ids: List[int], labels: List[int], response_start: int, num_head: int,
+                  seq_len: int) -> Tuple[List[int], List[int]]:
+    """Cut an over-long example to seq_len around its response (which starts at response_start): the first
+    num_head tokens (BOS) stay, the context between them and the response keeps its newest tokens, the
+    response its first ones."""
+    context, response, room = response_start - num_head, len(input_ids) - response_start, seq_len - num_head
+    context_floor = min(context, room // 2)  # what the response may not take from the context
+    response_kept = min(response, room - context_floor)
+    context_kept = min(context, room - response_kept)
+    kept = slice(response_start - context_kept, response_start + response_kept)
+    return input_ids[:num_head] + input_ids[kept], labels[:num_head] + labels[kept]
+
+
+def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: Optional[int], mask_prompt: bool, too_long: str,
                    chat_template: Optional[str], with_generation: bool = False, num_proc: int = 1) -> Dataset:
-    """Columns: input_ids, labels, truncated (bool); with_generation adds prompt_ids and reference, the
-    prompt to generate from and the expected answer (formats that have one; empty otherwise), for
-    evaluation splits."""
-    columns = ["input_ids", "labels", "truncated"] + (["prompt_ids", "reference"] if with_generation else [])
+    """Columns: input_ids, labels and the BOOKKEEPING ones; with_generation adds prompt_ids and reference, the
+    prompt to generate from and the expected answer (formats that have one; empty otherwise), for evaluation
+    splits. seq_len=None keeps every row whole (for packing that chunks the concatenated texts itself)."""
+    columns = ["input_ids", "labels", *BOOKKEEPING] + (["prompt_ids", "reference"] if with_generation else [])
     if len(rows) == 0:  # map would return an empty split without the new columns
         return Dataset.from_dict({name: [] for name in columns})
+    if too_long not in TOO_LONG:
+        raise ValueError(f"too_long={too_long!r}; expected one of {TOO_LONG}")  # validation names the key
     if fmt.appends_eos and tokenizer.eos_token_id is None:
         raise DataError("model.tokenizer has no eos_token; the data pipeline ends every example with it")
     bos = [tokenizer.bos_token_id] if fmt.adds_bos and adds_bos(tokenizer) else []
     eos = [tokenizer.eos_token_id] if fmt.appends_eos else []
+
+    def fitted(input_ids: List[int], labels: List[int], response_start: int) -> List[Tuple[List[int], List[int]]]:
+        """The example as rows of at most seq_len tokens, per too_long."""
+        if seq_len is None or len(input_ids) <= seq_len:
+            return [(input_ids, labels)]
+        if too_long == "drop":
+            return []
+        if too_long == "split":
+            return [(input_ids[i:i + seq_len], labels[i:i + seq_len]) for i in range(0, len(input_ids), seq_len)]
+        if too_long == "keep_response":
+            # A BOS at the start stays, whether the pipeline or the chat template wrote it.
+            num_head = int(tokenizer.bos_token_id is not None and input_ids[:1] == [tokenizer.bos_token_id])
+            return [keep_response(input_ids, labels, response_start, num_head, seq_len)]
+        return [(input_ids[:seq_len], labels[:seq_len])]
 
     def tokenize_batch(batch):
         batch_rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
@@ -44,29 +85,40 @@ def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: int, mask_pro
             # pipeline adds BOS/EOS itself, so the tokenizer must add nothing.
             segment_ids = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
             input_ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
+            response_start = len(input_ids)
             for (_, trained), ids in zip(segments, segment_ids):
+                if trained:
+                    response_start = len(input_ids)  # ends at the last trained segment
                 input_ids += ids
                 labels += ids if trained or not mask_prompt else [IGNORE_INDEX] * len(ids)
             input_ids, labels = input_ids + eos, labels + eos
-            is_too_long = len(input_ids) > seq_len
-            if is_too_long and too_long == "drop":
-                continue  # a batched map may return fewer rows than it was given
-            out["input_ids"].append(input_ids[:seq_len])
-            out["labels"].append(labels[:seq_len])
-            out["truncated"].append(is_too_long)
-            if with_generation:
+            prompt_tokens = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+            pieces = fitted(input_ids, labels, response_start)  # a batched map may return more or fewer rows
+            if with_generation and pieces:
                 pair = fmt.generation_pair(row, chat_template, tokenizer)
-                prompt, reference = pair if pair else ("", "")
-                out["prompt_ids"].append(bos + tokenizer(prompt, add_special_tokens=False)["input_ids"] if pair else [])
-                out["reference"].append(reference)
+                prompt_ids = bos + tokenizer(pair[0], add_special_tokens=False)["input_ids"] if pair else []
+                reference = pair[1] if pair else ""
+            for number, (piece_ids, piece_labels) in enumerate(pieces):
+                out["input_ids"].append(piece_ids)
+                out["labels"].append(piece_labels)
+                out["truncated"].append(len(pieces) == 1 and len(piece_ids) < len(input_ids))
+                out["chunk"].append(number)
+                out["prompt_tokens"].append(prompt_tokens)
+                if with_generation:
+                    out["prompt_ids"].append(prompt_ids)
+                    out["reference"].append(reference)
         return out
 
     tokenized = rows.map(tokenize_batch, batched=True, remove_columns=rows.column_names, num_proc=num_proc if num_proc > 1 else None,
                          desc="Tokenizing")
     if len(tokenized) == 0:  # every row was too long and dropped
         return Dataset.from_dict({name: [] for name in columns})
-    num_without_labels = sum(all(label == IGNORE_INDEX for label in row) for row in tokenized["labels"])
-    if num_without_labels:
-        logger.warning("%d of %d examples have no trained tokens left after truncation to train.seq_len=%d; "
-                       "they add no loss", num_without_labels, len(tokenized), seq_len)
     return tokenized
+
+
+def rows_without_trained_tokens(tokenized: Dataset) -> Tuple[int, int]:
+    """(rows whose labels are all masked, the longest prompt among them in tokens: the masked part before the
+    first trained token, as it was before any cut)."""
+    lost = [prompt for labels, prompt in zip(tokenized["labels"], tokenized["prompt_tokens"])
+            if all(label == IGNORE_INDEX for label in labels)]
+    return len(lost), max(lost, default=0)

@@ -17,6 +17,7 @@ from ..config import METHOD_SCHEMAS, ClusterConfig, typed_config
 from ..data.formats import FORMATS
 from ..data.pipeline import sources
 from ..data.sources import looks_local
+from ..data.tokenize import TOO_LONG
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
@@ -88,8 +89,8 @@ def _validate_data(data) -> None:
     formats = (*FORMATS, "random_tokens")
     if data.format not in formats:
         raise ConfigError("data.format", f"expected one of {', '.join(formats)}, got {data.format!r}")
-    if data.too_long not in ("truncate", "drop"):
-        raise ConfigError("data.too_long", f"expected truncate or drop, got {data.too_long!r}")
+    if data.too_long not in TOO_LONG:
+        raise ConfigError("data.too_long", f"expected one of {', '.join(TOO_LONG)}, got {data.too_long!r}")
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= data[key] < 1:
             raise ConfigError(f"data.{key}", f"must be in [0, 1), got {data[key]}")
@@ -109,6 +110,9 @@ def _validate_data(data) -> None:
         fmt, columns = source["format"], source["columns"]
         if fmt not in FORMATS:
             raise ConfigError(f"{prefix}format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        if data.too_long == "split" and fmt != "completion":
+            raise ConfigError("data.too_long", f"split cuts plain text into chunks, for format=completion; {prefix}format "
+                                               f"is {fmt}, whose chunks would lose their prompts: use keep_response")
         unknown = set(columns) - set(FORMATS[fmt].mappable)
         if unknown:
             raise ConfigError(f"{prefix}columns", f"format {fmt} maps only {', '.join(FORMATS[fmt].mappable)}; "

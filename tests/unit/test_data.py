@@ -97,7 +97,7 @@ ROWS = Dataset.from_list([
 
 def test_masked_labels_cover_exactly_the_response_and_eos(tokenizer):
     tokenized = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)
-    assert tokenized.column_names == ["input_ids", "labels", "truncated"]
+    assert tokenized.column_names == ["input_ids", "labels", "truncated", "chunk", "prompt_tokens"]
     assert not any(tokenized["truncated"])
     for row, example in zip(ROWS, tokenized):
         prompt = format_prompt(row["instruction"], row["input"])
@@ -115,13 +115,14 @@ def test_unmasked_labels_equal_input_ids(tokenizer):
     assert example["input_ids"][-1] == tokenizer.eos_token_id
 
 
-def test_truncation_keeps_the_start_and_warns_when_no_labels_are_left(tokenizer, caplog):
+def test_truncation_keeps_the_start_and_counts_the_prompt(tokenizer):
     full = tokenize_rows(ROWS, tokenizer, seq_len=256, mask_prompt=True)[0]
-    assert "no trained tokens left" not in caplog.text
     short = tokenize_rows(ROWS, tokenizer, seq_len=10, mask_prompt=True)[0]
     assert short["input_ids"] == full["input_ids"][:10]
     assert short["labels"] == full["labels"][:10]
-    assert "2 of 2 examples have no trained tokens left" in caplog.text
+    assert short["truncated"] and not full["truncated"]
+    prompt = format_prompt(ROWS[0]["instruction"], ROWS[0]["input"])
+    assert short["prompt_tokens"] == full["prompt_tokens"] == len(prompt.encode())  # measured before the cut
 
 
 # Collator.

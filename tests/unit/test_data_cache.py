@@ -41,7 +41,8 @@ def test_a_second_prepare_reuses_the_entry(tmp_path, tokenizer):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no staging directory left behind
 
 
-@pytest.mark.parametrize("change", ["file", "seq_len", "seed", "mask_prompt", "packing", "tokenizer", "chat_template"])
+@pytest.mark.parametrize("change", ["file", "seq_len", "seed", "mask_prompt", "packing", "too_long", "tokenizer",
+                                    "chat_template"])
 def test_any_change_to_data_tokenizer_or_settings_builds_a_new_entry(tmp_path, tokenizer, change):
     write_rows(tmp_path / "rows.jsonl")
     cfg, seq_len, seed, tok = data_cfg(tmp_path), 64, 0, tokenizer
@@ -55,6 +56,8 @@ def test_any_change_to_data_tokenizer_or_settings_builds_a_new_entry(tmp_path, t
     elif change == "tokenizer":
         tok = copy.deepcopy(tokenizer)
         tok.add_tokens(["<extra>"])
+    elif change == "too_long":
+        cfg.too_long = "keep_response"
     elif change == "chat_template":
         tok = copy.deepcopy(tokenizer)
         tok.chat_template = "{{ messages }}"

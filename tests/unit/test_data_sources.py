@@ -196,7 +196,7 @@ def test_empty_and_missing_paths(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"nope.jsonl does not exist"):
         build(data_cfg(tmp_path / "nope.jsonl"), tokenizer, 64, 0)
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(DataError, match=r"empty_dir holds no .jsonl, .json, .parquet or .csv files"):
+    with pytest.raises(DataError, match=r"empty_dir holds no .jsonl, .json, .parquet, .csv or .txt files"):
         load_source(str(tmp_path / "empty_dir"))
 
 
