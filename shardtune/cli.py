@@ -126,7 +126,9 @@ def with_model_group(argv: list) -> list:
     names_a_model = any(override.key_or_group == "model.name_or_path" and not override.is_delete()
                         and (override.is_sweep_override() or override.value() is not None) for override in overrides)
     if names_a_model and "model" not in keys:
-        return ["model=pretrained", *argv]  # first: argparse takes no override after an option such as --cfg job
+        # Among the other overrides: argparse takes them as one run of arguments (not split by -m or --cfg job).
+        first = argv.index(candidates[0])
+        return [*argv[:first], "model=pretrained", *argv[first:]]
     return argv
 
 

@@ -64,7 +64,8 @@ def refused(cfg) -> ConfigError:
     (["experiment=demo", "model.name_or_path=/m", "--cfg", "job"],
      ["model=pretrained", "experiment=demo", "model.name_or_path=/m", "--cfg", "job"]),
     (["-m", "model.name_or_path=/a,/b", "optim.lr=1e-3,2e-3"],
-     ["model=pretrained", "-m", "model.name_or_path=/a,/b", "optim.lr=1e-3,2e-3"]),
+     ["-m", "model=pretrained", "model.name_or_path=/a,/b", "optim.lr=1e-3,2e-3"]),
+    (["--cfg", "job", "model.name_or_path=/m"], ["--cfg", "job", "model=pretrained", "model.name_or_path=/m"]),
     (["++model.name_or_path=org/model"], ["model=pretrained", "++model.name_or_path=org/model"]),
     (["model=tiny_base", "model.name_or_path=/m"], None),  # a group chosen: kept
     (["model=llama3.1-8b", "model.init=random"], None),  # the benchmarks' random weights
@@ -73,7 +74,7 @@ def refused(cfg) -> ConfigError:
     (["model.name=x", "method=full"], None),
     ([], None),
     (["model.name_or_path=[unclosed"], None),  # left for Hydra to report
-], ids=["path", "experiment", "sweep", "force-add", "group", "random", "null", "delete", "no-path", "empty", "bad"])
+], ids=["path", "experiment", "sweep", "cfg-first", "force-add", "group", "random", "null", "delete", "no-path", "empty", "bad"])
 def test_a_model_path_without_a_group_picks_model_pretrained(argv, expected):
     assert with_model_group(argv) == (expected if expected is not None else argv)
 
