@@ -105,6 +105,33 @@ def take_flags(argv: list, names: dict) -> dict:
             found[name] = argv.pop(index + 1) if takes_value and index + 1 < len(argv) else True
             argv.pop(index)
     return found
+
+
+def with_model_group(argv: list) -> list:
+    """argv with `model=pretrained` added where the overrides set model.name_or_path but choose no model group.
+
+    The default group (model=tiny) builds its own random model with its own tokenizer and would ignore the path;
+    model=pretrained fine-tunes the model at the path with its own tokenizer and config. An experiment's choice of
+    model group gives way to it as well, as to any model= on the command line. Arguments Hydra's override parser
+    cannot read are left for Hydra to report.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    candidates = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except HydraException:
+        return argv
+    keys = {override.key_or_group for override in overrides}
+    names_a_model = any(override.key_or_group == "model.name_or_path" and not override.is_delete()
+                        and (override.is_sweep_override() or override.value() is not None) for override in overrides)
+    if names_a_model and "model" not in keys:
+        # Among the other overrides: argparse takes them as one run of arguments (not split by -m or --cfg job).
+        first = argv.index(candidates[0])
+        return [*argv[:first], "model=pretrained", *argv[first:]]
+    return argv
+
+
 # Commands that read an existing run directory parse their own arguments (argparse, no Hydra): name ->
 # "module:function", called with the arguments after the name; imported only when run.
 ARGPARSE_COMMANDS = {"export": "shardtune.export:export_command",
@@ -132,6 +159,7 @@ def main() -> None:
         from .sweep.naming import default_sweep_dir
         if not any(arg.startswith("hydra.sweep.dir=") for arg in sys.argv):
             sys.argv.append(f"hydra.sweep.dir={default_sweep_dir(sys.argv[1:])}")
+    sys.argv[1:] = with_model_group(sys.argv[1:])
     scratch = None
     if command in READ_ONLY:
         # Hydra creates its run directory before the task runs; plan must leave output_dir untouched.

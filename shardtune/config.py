@@ -36,18 +36,34 @@ if not OmegaConf.has_resolver("launcher_log_name"):
     OmegaConf.register_new_resolver("launcher_log_name", launcher_log_name)
 
 
+def model_name(name_or_path) -> str:
+    """A model's short name from its path or hub id: the last part (`/models/llama-3.2-1b/` -> llama-3.2-1b,
+    `Qwen/Qwen2.5-0.5B` -> Qwen2.5-0.5B); model=pretrained's default for model.name (${model_name:...} in YAML)."""
+    if not name_or_path:
+        return "pretrained"  # no model given: validation names model.name_or_path
+    return os.path.basename(os.path.abspath(os.path.expanduser(str(name_or_path)))) or "pretrained"  # "." too
+
+
+if not OmegaConf.has_resolver("model_name"):
+    OmegaConf.register_new_resolver("model_name", model_name)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
     """Short name used in run names and logs."""
     name_or_path: Optional[str] = None
-    """Hub id or local directory of a pretrained model. Ignored (and may be null) when init=random."""
+    """Hub id or local directory of a pretrained model: its weights, its config and (unless `tokenizer` is set) its
+    tokenizer. With init=random only the tokenizer's source, and refused when `tokenizer` is set too. Setting it on
+    the command line without a model= group picks model=pretrained."""
     tokenizer: Optional[str] = None
-    """Tokenizer hub id or directory; defaults to name_or_path."""
+    """Tokenizer hub id or directory; null = name_or_path's own. Its ids must fit the model's embedding rows."""
     init: str = "pretrained"
-    """pretrained: load weights from name_or_path. random: build from `architecture` (tests, benchmarks)."""
+    """pretrained: load weights and config from name_or_path. random: build from `architecture` (tests, benchmarks)."""
     architecture: Dict[str, Any] = field(default_factory=dict)
-    """transformers config fields (model_type, hidden_size, ...). Used for init=random and by `shardtune plan`."""
+    """transformers config fields (model_type, hidden_size, ...). Builds the model for init=random. For
+    init=pretrained the model's own config wins (the launcher warns about fields that differ from it); here it
+    only lets `shardtune plan` size a hub model without downloading its config."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of name_or_path."""
     attn_implementation: str = "sdpa"

@@ -8,17 +8,18 @@ from omegaconf import DictConfig
 from ..cluster import slurm
 from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
-from ..data.tokenizer import build_tokenizer
 from ..run_dir import PREEMPTED_MARKER
+from .model_check import check_model
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
 
 log = logging.getLogger("shardtune")
 
 
 def tokenize_data(cfg: DictConfig, rebuild: bool = False):
-    """Tokenize the run's data into the cache in this process (or find it there), so that bad data fails before
-    any worker starts; (the splits, the tokenizer, the cache entry)."""
-    tokenizer = build_tokenizer(cfg.model)
+    """Check the model and its tokenizer, then tokenize the run's data into the cache in this process (or find it
+    there), so that a bad model, tokenizer or data fails before any worker starts; (the splits, the tokenizer, the
+    cache entry)."""
+    tokenizer = check_model(cfg)
     prepared, path, reused = load_or_build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed, rebuild=rebuild)
     log.info("data %s %s: %s", "reused from" if reused else "prepared in", path,
              ", ".join(f"{key} {value}" for key, value in prepared.report.items()))

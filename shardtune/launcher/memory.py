@@ -1,7 +1,7 @@
 """Per-GPU memory estimate for `shardtune plan`, from the config alone.
 
-Owns: reading the model's shape (`model_config`), counting parameters without allocating weights
-(`count_parameters`, on the meta device), and turning (method, strategy, precision, batch shape,
+Owns: reading the model's config (`model_config`: a pretrained model's own, or model.architecture) and
+shape, counting parameters without allocating weights (`count_parameters`, on the meta device), and turning (method, strategy, precision, batch shape,
 world size) into bytes per GPU (`estimate_memory` -> `MemoryEstimate`). Nothing here loads weights
 or touches a GPU; the numbers are a planning aid built from published rules of thumb, not a
 measurement.
@@ -14,6 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from ..errors import ConfigError
+from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
 
@@ -46,30 +48,39 @@ ATTENTION_KEEPING_SCORES = {"eager"}
 # --------------------------------------------------------------------------- model shape
 
 
-def model_config(model_cfg) -> PretrainedConfig:
-    """The transformers config of `model_cfg`: architecture dict, else local config.json, else the hub."""
-    architecture = _plain_dict(model_cfg.architecture)
-    if architecture:
-        if "model_type" not in architecture:
-            raise ValueError("model.architecture needs a model_type (e.g. llama, mistral, qwen2)")
-        fields = {k: v for k, v in architecture.items() if k != "model_type"}
-        return AutoConfig.for_model(architecture["model_type"], **fields)
+def architecture_config(architecture) -> PretrainedConfig:
+    """The transformers config a model.architecture dict describes (init=random builds from it)."""
+    fields = _plain_dict(architecture)
+    if "model_type" not in fields:
+        raise ConfigError("model.architecture", "needs a model_type (e.g. llama, mistral, qwen2)")
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def pretrained_config(model_cfg) -> PretrainedConfig:
+    """model.name_or_path's own config: its config.json, read from the directory or from the hub."""
     name_or_path = model_cfg.name_or_path
     if not name_or_path:
-        raise ValueError("model.name_or_path is empty and model.architecture is not set: one of them must say the model's shape")
-    if os.path.isdir(name_or_path):
-        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
-            raise ValueError(f"model.name_or_path={name_or_path!r} is a directory without a config.json")
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_cfg.trust_remote_code)
+        raise ConfigError("model.name_or_path", "empty, and model.architecture is not set: one of them must say "
+                                                "the model's shape")
+    local = os.path.expanduser(name_or_path)
+    if looks_like_local_path(name_or_path) and not os.path.isfile(os.path.join(local, "config.json")):
+        raise ConfigError("model.name_or_path", f"{name_or_path} is not a model directory (no config.json)")
     try:
-        return AutoConfig.from_pretrained(
-            name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-        )
-    except (OSError, ValueError) as error:  # offline, unknown repo, or not a valid repo id / path
-        raise ValueError(
-            f"model.name_or_path={name_or_path!r}: cannot read its config ({error}). "
-            "Set model.architecture or point model.name_or_path at a local directory with config.json."
-        ) from error
+        return AutoConfig.from_pretrained(local if os.path.isdir(local) else name_or_path, revision=model_cfg.revision,
+                                          trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as error:  # offline, unknown repo, not a repo id, or a config transformers can't read
+        raise ConfigError("model.name_or_path", f"cannot read the config of {name_or_path!r}: "
+                                                f"{str(error).strip().splitlines()[0]}") from error
+
+
+def model_config(model_cfg) -> PretrainedConfig:
+    """The transformers config `shardtune plan` sizes: a pretrained model's own config.json where it is on disk;
+    else model.architecture (init=random, or a hub model's public config, so that planning needs no download);
+    else the hub's config."""
+    on_disk = bool(model_cfg.name_or_path) and looks_like_local_path(model_cfg.name_or_path)
+    if model_cfg.architecture and not (model_cfg.init == "pretrained" and on_disk):
+        return architecture_config(model_cfg.architecture)
+    return pretrained_config(model_cfg)
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ def adapter_parameter_count(shape: ModelShape, method_cfg) -> int:
             if any(layer.name == t or layer.name.endswith("." + t) for t in targets)
         )
         if not adapted:
-            raise ValueError(f"method.target_modules={targets} matches no linear layer of the model")
+            raise ConfigError("method.target_modules", f"{targets} matches no linear layer of the model")
     dora_magnitude = 1 if method_cfg.use_dora else 0
     return sum(
         method_cfg.rank * (layer.in_features + layer.out_features) + dora_magnitude * layer.out_features

@@ -128,6 +128,12 @@ def _validate_model(model) -> None:
         raise ConfigError("model.init", f"expected pretrained or random, got {model.init!r}")
     if model.init == "random" and not model.architecture:
         raise ConfigError("model.architecture", "init=random needs the architecture fields (model_type, hidden_size, ...)")
+    if model.init == "random" and model.tokenizer and model.name_or_path:
+        # e.g. model=tiny model.name_or_path=X: the group's random model and tokenizer would train, X never read.
+        raise ConfigError("model.name_or_path", f"{model.name_or_path} would be ignored: model.init=random builds random "
+                                                "weights from model.architecture and model.tokenizer is set. To fine-tune "
+                                                "it, choose model=pretrained (or model.init=pretrained); else set "
+                                                "model.name_or_path=null")
     if model.init == "pretrained":
         if not model.name_or_path:
             raise ConfigError("model.name_or_path", "set a hub id or a local model directory (or model.init=random)")

@@ -212,6 +212,9 @@ def _plain(value: Any) -> Any:
 _BAR_FIELDS = (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tokens_per_second", "tok/s", ",.0f"), ("val/loss", "val_loss", ".4f"))
 
 _SUMMARY_LABELS = {
+    "model_source": "model weights from",
+    "parameters": "parameters",
+    "trainable_parameters": "trainable parameters",
     "loss": "final train loss",
     "val/loss": "val loss",
     "val/ppl": "val perplexity",
@@ -231,7 +234,7 @@ def _format_summary_value(key: str, value: Any) -> str:
         return f"{value:.1%}"
     if key.endswith("_gib"):
         return f"{value:.2f} GiB"
-    if key.startswith("tokens_per_second"):
+    if key.startswith("tokens_per_second") or key.endswith("parameters"):
         return f"{value:,.0f}"
     if key == "wall_time_s":
         minutes, seconds = divmod(int(round(value)), 60)
@@ -303,7 +306,7 @@ class MetricsLogger:
         """Print the end-of-run table and store the same rows in the W&B run summary.
 
         rows use the metric keys (loss, val/loss, val/ppl, tokens_per_second, mfu, peak_mem_*_gib or
-        host_rss_gib) plus saved_to; wall_time_s defaults to the time since this logger was built.
+        host_rss_gib) plus model, model_source, parameters, trainable_parameters, steps and saved_to; wall_time_s defaults to the time since this logger was built.
         None values are left out. Call close() afterwards.
         """
         if not self.is_writer:

@@ -96,8 +96,15 @@ class Trainer:
         if self.rank == 0:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
-            log.info("%s: %s params (%s trainable), %d steps, world size %d", where, f"{self.num_params:,}",
-                     f"{self.num_trainable_params:,}", self.total_steps, self.world_size)
+            log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d", where, cfg.model.name,
+                     self.model_origin(), f"{self.num_params:,}", f"{self.num_trainable_params:,}", self.total_steps,
+                     self.world_size)
+
+    def model_origin(self) -> str:
+        """Where the starting weights came from, in words for the log and the summary."""
+        if self.cfg.model.init == "random":
+            return "random weights from model.architecture"
+        return self.cfg.model.name_or_path
 
     def build_data(self) -> None:
         cfg = self.cfg
@@ -253,6 +260,10 @@ class Trainer:
         final_dir = self.export() if self.cfg.train.save_final else None
         rates = self.throughput.totals()
         self.metrics.summary({
+            "model": self.cfg.model.name,
+            "model_source": self.model_origin(),
+            "parameters": self.num_params,
+            "trainable_parameters": self.num_trainable_params,
             "steps": self.step,
             "loss": self.last_train_loss,
             **results,
