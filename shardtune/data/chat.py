@@ -189,8 +189,9 @@ class Chat(Format):
 
     def ignored_inner_fields(self, row, names):
         known = {names[key] for key in self.nested} | set(PASSED_THROUGH)
-        return [f"{names['messages']}.{key}" for message in row.get(names["messages"]) or []
-                if isinstance(message, dict) for key, value in message.items() if key not in known and value is not None]
+        messages = [message for message in row.get(names["messages"]) or [] if isinstance(message, dict)]
+        return [f"{names['messages']}.{key}" for message in messages for key, value in message.items()
+                if key not in known and value is not None]
 
     def is_empty(self, row):
         return not any(m["content"].strip() or m["tool_calls"] for m in row["messages"] if m["role"] == "assistant")
@@ -205,22 +206,29 @@ class Chat(Format):
         return [Segment(prompt, False)], row["messages"][last]["content"]
 
     def check_template(self, rows, context) -> None:
-        """Warn once where the template drops what the rows hold: tools, or tool calls."""
-        for row in rows:
-            if row["tools"]:
-                renderer = ChatRenderer(row, context)
+        """Warn where the template drops what the rows hold, judged on the first row with tools and the first with
+        tool calls."""
+        with_tools = with_calls = None
+        for batch in rows.iter(batch_size=1000):
+            for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
+                with_tools = with_tools or (row if row["tools"] else None)
+                with_calls = with_calls or (row if any(m["tool_calls"] for m in row["messages"]) else None)
+            if with_tools and with_calls:
+                break
+        try:  # a row the template refuses is reported when it is tokenized
+            if with_tools:
+                renderer = ChatRenderer(with_tools, context)
                 if renderer.render(renderer.messages) == renderer.render(renderer.messages, tools=False):
                     logger.warning("the chat template ignores the rows' `tools`: the model will not see them; set "
                                    "data.chat_template to one that renders tools")
-                break
-        for row in rows:
-            calls = [json.loads(m["tool_calls"]) for m in row["messages"] if m["tool_calls"]]
-            if calls:
-                renderer = ChatRenderer(row, context)
-                if calls[0][0]["function"]["name"] not in renderer.render(renderer.messages):
+            if with_calls:
+                renderer = ChatRenderer(with_calls, context)
+                first_call = next(json.loads(m["tool_calls"]) for m in with_calls["messages"] if m["tool_calls"])[0]
+                if first_call["function"]["name"] not in renderer.render(renderer.messages):
                     logger.warning("the chat template does not render the assistant turns' `tool_calls`; set "
                                    "data.chat_template to one that does")
-                break
+        except BadRow:
+            pass
 
 
 class ChatRenderer:

@@ -129,7 +129,8 @@ class Segments(Format):
             except ValueError as error:
                 raise BadRow("segments", f"segment {number}: '{names['train']}' {error}") from None
             if label is None:
-                raise BadRow("segments", f"segment {number} needs '{names['train']}': true to train on it, false to mask it")
+                raise BadRow("segments", f"segment {number} needs '{names['train']}': true to train on it, false to "
+                                         "mask it")
             out.append({"text": text, "label": label})
         return {"segments": out}
 

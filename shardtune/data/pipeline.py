@@ -147,6 +147,7 @@ def _prepare_source(source: dict, data_cfg, tokenizer, seq_len: int, seed: int):
         normalized = normalize(fmt, raw, source["columns"], data_cfg.system_prompt, bad_rows, locate.add(raw))
         ignored.update(dict.fromkeys(normalized.ignored_fields))
         rows, split_counts = clean_rows(normalized.rows, fmt, data_cfg.drop_duplicates)
+        split_counts["rows_read"] = len(raw.rows)  # skipped bad rows included
         for key, value in split_counts.items():
             counts[key] = counts.get(key, 0) + value
         own[name] = rows

@@ -35,8 +35,9 @@ class Segment(NamedTuple):
     trained: bool
 
 
-class BadRow(ValueError):
-    """One row a format cannot use. `field` is the format's field name (data.columns key) the problem is in."""
+class BadRow(DataError):
+    """One row a format cannot use. `field` is the format's field name (data.columns key) the problem is in. Caught
+    and located (file and line) by the pipeline; a DataError in case one ever escapes."""
 
     def __init__(self, field: Optional[str], problem: str):
         super().__init__(problem)
@@ -80,7 +81,8 @@ class TrainingPolicy:
     def trained_turns(self, roles: List[str], flags: List[Optional[bool]], mask_history_default: bool) -> List[bool]:
         """Per turn: its own flag where it has one; else whether its role is trained, and with mask_history, whether
         it is not history. History: the turns before the last exchange (the last assistant turn and the prompt or
-        tool result right before it), system turns aside. So by default only the last assistant turn trains."""
+        tool result right before it), system turns aside; with the default roles only the last assistant turn
+        trains."""
         mask_history = mask_history_default if self.mask_history is None else self.mask_history
         last = max((i for i, role in enumerate(roles) if role == "assistant"), default=len(roles))
 

@@ -5,7 +5,6 @@ import logging
 from typing import Optional
 
 from datasets import Dataset
-
 from jinja2 import TemplateError
 
 from ..errors import DataError
@@ -85,8 +84,8 @@ def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: int, mask_pro
                 out["reference"].append(reference)
         return out
 
-    tokenized = rows.map(tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names, num_proc=num_proc if num_proc > 1 else None,
-                         desc="Tokenizing")
+    tokenized = rows.map(tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names,
+                         num_proc=num_proc if num_proc > 1 else None, desc="Tokenizing")
     if len(tokenized) == 0:  # every row was too long and dropped
         return Dataset.from_dict({name: [] for name in columns})
     problems = tokenized["bad_row"]

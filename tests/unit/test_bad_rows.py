@@ -110,7 +110,8 @@ def test_skip_leaves_bad_rows_out_counts_them_and_logs_where(tmp_path, tokenizer
     lines = rows[:2] + [{"messages": []}] + rows[2:4] + [TWO_USER_TURNS, "", rows[4]]  # bad: lines 3 and 6
     path = write_jsonl(tmp_path / "chat.jsonl", lines)
     prepared = build(data_cfg(path, format="chat", chat_template=STRICT, on_bad_row="skip"), tokenizer, 64, 0)
-    assert prepared.report["skipped_bad_rows"] == 2 and prepared.report["train_rows"] == 5
+    assert prepared.report["rows_read"] == 7 and prepared.report["skipped_bad_rows"] == 2
+    assert prepared.report["train_rows"] == 5
     assert prepared.report["train_dropped_too_long"] == 0  # skipped rows are not counted as too long
     assert f"{path}:3: field 'messages' must be a non-empty list" in caplog.text
     assert f"{path}:6: the chat template refuses this conversation" in caplog.text
