@@ -21,10 +21,14 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 OUTPUT_DIR = Path(__file__).resolve().parents[1] / "shardtune" / "assets" / "tiny-tokenizer"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
-# Role-tagged turns, each closed by EOS so a chat-tuned model learns where its reply ends.
+# Role-tagged turns, each closed by EOS so a chat-tuned model learns where its reply ends. Tools (JSON schemas)
+# are listed first; an assistant's tool call is its function as JSON after <|tool_call|>; results are tool turns.
 CHAT_TEMPLATE = (
+    "{% if tools %}<|tools|>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}{% endif %}"
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% for call in message['tool_calls'] or [] %}<|tool_call|>{{ call['function'] | tojson }}{% endfor %}"
+    "{{ eos_token }}\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

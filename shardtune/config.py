@@ -107,14 +107,47 @@ class QLoraMethodConfig(LoraMethodConfig):
 
 
 @dataclass
+class ColumnsConfig:
+    """A dataset's own names for the fields a format reads; null = the name given here in brackets. Set as a whole
+    (data.columns={messages: conversations, role: from, content: value}) or key by key (data.columns.role=from)."""
+    instruction: Optional[str] = None
+    """alpaca: the instruction [instruction]."""
+    input: Optional[str] = None
+    """alpaca: the optional input [input]."""
+    output: Optional[str] = None
+    """alpaca: the response [output]."""
+    history: Optional[str] = None
+    """alpaca: earlier turns, a list of [instruction, response] pairs [history]."""
+    system: Optional[str] = None
+    """alpaca and chat: the row's system prompt [system]."""
+    messages: Optional[str] = None
+    """chat: the list of turns [messages]; ShareGPT calls it conversations."""
+    role: Optional[str] = None
+    """chat: a turn's role [role]; ShareGPT: from (human, gpt, system, function_call, observation)."""
+    content: Optional[str] = None
+    """chat: a turn's text [content]; ShareGPT: value."""
+    tool_calls: Optional[str] = None
+    """chat: an assistant turn's tool calls, OpenAI style [tool_calls]."""
+    tools: Optional[str] = None
+    """chat: the tools offered, a list or a JSON string, passed to the chat template [tools]."""
+    train: Optional[str] = None
+    """chat: a turn's own train flag, true/false, overriding data.train_on_roles [train]; segments: a segment's
+    [label]."""
+    text: Optional[str] = None
+    """completion: the text [text]; segments: a segment's text [text]."""
+    segments: Optional[str] = None
+    """segments: the list of {text, label} pieces [segments]."""
+
+
+@dataclass
 class DataSourceConfig:
     """One dataset: a local file, a directory of files, or a hub dataset name."""
     path: str = MISSING
     """A .jsonl/.json/.parquet/.csv file, a directory of them (files named train*/validation*/test* are
     the dataset's own splits), or a hub dataset name."""
     format: Optional[str] = None
-    """alpaca, chat or completion; null = data.format."""
-    columns: Optional[Dict[str, str]] = None
+    """alpaca, chat, completion or segments; null = data.format."""
+    columns: Optional[ColumnsConfig] = None
     """The source's own field names, e.g. {instruction: question, output: answer} or {messages: conversations};
     null = data.columns."""
     subset: Optional[str] = None
@@ -131,16 +164,17 @@ class DataSourceConfig:
 class DataConfig:
     name: str = MISSING
     format: str = "alpaca"
-    """alpaca (instruction / input / output), chat (a `messages` list of role/content), completion (plain
-    `text`), or random_tokens (`num_rows` random sequences of train.seq_len, for benchmarks)."""
+    """alpaca (instruction / input / output, optional system and history), chat (a `messages` list of
+    role/content, OpenAI or ShareGPT style, optional system and tools), completion (plain `text`), segments
+    (template-free `segments` of {text, label}), or random_tokens (`num_rows` random sequences of train.seq_len,
+    for benchmarks)."""
     path: Optional[str] = None
     """The dataset (see DataSourceConfig.path). Give this or `mix`."""
     subset: Optional[str] = None
     split: Optional[str] = None
     revision: Optional[str] = None
-    columns: Dict[str, str] = field(default_factory=dict)
-    """The dataset's own names for the format's fields: instruction/input/output, messages (and role/content
-    inside messages), or text."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """The dataset's own names for the format's fields (see ColumnsConfig)."""
     mix: List[DataSourceConfig] = field(default_factory=list)
     """Several datasets mixed with weights, instead of `path`."""
     num_rows: int = 0
@@ -152,7 +186,23 @@ class DataConfig:
     use_dataset_splits: bool = True
     """Use the dataset's own validation/test splits where it has them; false carves them from its rows."""
     mask_prompt: bool = True
-    """Train only on responses: prompt, system and user tokens get label -100."""
+    """Train only on responses: prompt, system and user tokens get label -100. false trains on every token (and
+    the settings below are ignored)."""
+    train_on_roles: List[str] = field(default_factory=lambda: ["assistant"])
+    """The roles whose turns are trained: system, user, assistant, tool (alpaca: its system prompt, prompts and
+    outputs). A turn's own train flag (data.columns.train) overrides this."""
+    train_on_eos: str = "turn"
+    """The end of a trained turn (EOS, or the chat template's end-of-turn): turn = after every trained turn,
+    last = only after the last one, none = never."""
+    mask_history: Optional[bool] = None
+    """Train only the last exchange (the last assistant turn, and the prompt before it where its role trains); the
+    earlier turns are context. null = the format's default: true for alpaca `history`, false for chat (every
+    assistant turn of a conversation is a reply worth learning)."""
+    system_prompt: Optional[str] = None
+    """System prompt for alpaca and chat rows that have none of their own; null = none."""
+    on_bad_row: str = "error"
+    """A malformed row (a bad conversation, a missing field, a turn order or chat template the row breaks):
+    error = stop naming its file and line; skip = leave it out, count it in the data summary and log the first few."""
     chat_template: Optional[str] = None
     """Jinja chat template for format=chat; null = the tokenizer's, else a simple built-in one."""
     drop_duplicates: bool = True

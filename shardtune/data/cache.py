@@ -1,10 +1,10 @@
 """Tokenize once: prepared splits are cached on disk under a key of everything that shapes them.
 
-The key covers the data settings, each local file's path, size and modification time (or the hub name,
-subset, split and revision), the tokenizer (vocabulary, special tokens, chat template), seq_len and the
-seed, so changing any of them builds a new entry. An entry is written to a temporary directory and
-renamed into place with a COMPLETE marker: readers never see half of one, and of two concurrent
-writers (one per node on a shared filesystem) one wins and the other's copy is discarded.
+The key covers the data settings (formats, columns, masking, on_bad_row, ...), each local file's path, size and
+modification time (or the hub name, subset, split and revision), the tokenizer (vocabulary, special tokens, chat
+template) and the chat template in effect, seq_len and the seed, so changing any of them builds a new entry. An
+entry is written to a temporary directory and renamed into place with a COMPLETE marker: readers never see half of
+one, and of two concurrent writers (one per node on a shared filesystem) one wins and the other's copy is discarded.
 
 In a run, the launcher builds the entry before starting workers (errors surface there) and records it in
 the run's config (data.cache_entry); workers load it. A worker that finds no entry (a node without the shared
@@ -24,11 +24,12 @@ from omegaconf import OmegaConf
 
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..run_dir import COMPLETE_MARKER, is_complete, write_directory_atomically
+from .formats import chat_template_for
 from .pipeline import PreparedData, build, sources
 from .sources import SPLITS, looks_local
 
 log = logging.getLogger("shardtune")
-CACHE_VERSION = 3  # bump when the prepared format changes (3: the too_long checks and counts)
+CACHE_VERSION = 4  # bump when the prepared format changes (4: too_long checks and counts, the formats' new settings)
 EMPTY_SPLIT = "empty-split.json"
 # Settings that do not change the prepared rows.
 NOT_IN_KEY = ("name", "cache_dir", "cache_entry", "num_proc")
@@ -59,7 +60,8 @@ def cache_key(data_cfg, tokenizer, seq_len: int, seed: int) -> Tuple[str, dict]:
     settings = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in NOT_IN_KEY}
     files = {s["path"]: _files_of(s["path"]) for s in sources(data_cfg) if s["path"] and looks_local(s["path"])}
     material = {"version": CACHE_VERSION, "data": settings, "files": files, "seq_len": seq_len, "seed": seed,
-                "tokenizer": tokenizer_fingerprint(tokenizer)}
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "chat_template": chat_template_for(data_cfg, tokenizer)}  # the built-in one where it serves
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
     return digest, material
 

@@ -9,7 +9,7 @@ from typing import Dict, Tuple
 
 from datasets import Dataset
 
-from .formats import Format
+from .segments import ROW_ID, Format
 
 
 def clean_rows(ds: Dataset, fmt: Format, drop_duplicates: bool) -> Tuple[Dataset, Dict[str, int]]:
@@ -21,7 +21,7 @@ def clean_rows(ds: Dataset, fmt: Format, drop_duplicates: bool) -> Tuple[Dataset
         seen = set()
 
         def first_copy(row) -> bool:
-            key = json.dumps(row, sort_keys=True)
+            key = json.dumps({name: value for name, value in row.items() if name != ROW_ID}, sort_keys=True)
             is_new = key not in seen
             seen.add(key)
             return is_new

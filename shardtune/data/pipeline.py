@@ -9,16 +9,18 @@ and the seed, so every rank (and every later run) computes the same splits in th
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
+from omegaconf import OmegaConf
 
 from .clean import clean_rows
 from ..errors import DataError
-from .formats import FORMATS, chat_template_for
+from .formats import FORMATS, chat_template_for, normalize
 from .packing import concatenate_and_chunk, pack_examples
-from .sources import SPLITS, load_source
+from .segments import BadRows, SegmentContext, TrainingPolicy
+from .sources import SPLITS, RawSplit, load_source
 from .synthetic import random_token_rows
 from .tokenize import BOOKKEEPING, rows_without_trained_tokens, tokenize_split
 
@@ -31,19 +33,33 @@ class PreparedData:
     train: Dataset  # input_ids, labels (+ position_ids when packed)
     validation: Dataset  # input_ids, labels, prompt_ids, reference (for generation-based evaluation)
     test: Dataset  # the same columns as validation
-    report: Dict[str, float] = field(default_factory=dict)
+    report: Dict[str, Any] = field(default_factory=dict)  # counts, and ignored_fields (text)
 
     def split(self, name: str) -> Dataset:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+
+
+def set_columns(columns) -> Dict[str, str]:
+    """The data.columns keys that are set, {format field: the dataset's name for it}."""
+    plain = OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else dict(columns)
+    return {key: name for key, name in plain.items() if name is not None}
 
 
 def sources(data_cfg) -> List[dict]:
     """The sources as plain dicts with every field filled: data.mix, or the one source of data.path."""
     if data_cfg.mix:
         return [{"format": s.format or data_cfg.format,
-                 "columns": dict(s.columns if s.columns is not None else data_cfg.columns),
+                 "columns": set_columns(s.columns if s.columns is not None else data_cfg.columns),
                  **{k: s[k] for k in ("path", "subset", "split", "revision", "weight")}} for s in data_cfg.mix]
-    return [{**{k: data_cfg[k] for k in SOURCE_FIELDS}, "columns": dict(data_cfg.columns), "weight": 1.0}]
+    return [{**{k: data_cfg[k] for k in SOURCE_FIELDS}, "columns": set_columns(data_cfg.columns), "weight": 1.0}]
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The data summary in one line: 'rows_read 6, ..., ignored_fields tools, label' reads as two entries, so
+    text entries come last, after a semicolon each."""
+    numbers = [f"{key} {value}" for key, value in report.items() if not isinstance(value, str)]
+    texts = [f"{key.replace('_', ' ')}: {value}" for key, value in report.items() if isinstance(value, str)]
+    return "; ".join([", ".join(numbers)] + texts)
 
 
 def source_name(source: dict) -> str:
@@ -105,21 +121,46 @@ def build(data_cfg, tokenizer, seq_len: int, seed: int) -> PreparedData:
     return PreparedData(train, val, test, report)
 
 
+class RowLocator:
+    """'file:line' of a source's row by its ROW_ID: its splits' rows are numbered one after the other."""
+
+    def __init__(self):
+        self.starts: List[Tuple[int, RawSplit]] = []
+        self.num_rows = 0
+
+    def add(self, raw: RawSplit) -> int:
+        """Number the rows of `raw` on from the earlier splits'; the first one's number."""
+        self.starts.append((self.num_rows, raw))
+        self.num_rows += len(raw.rows)
+        return self.starts[-1][0]
+
+    def __call__(self, row_id: int) -> str:
+        start, raw = next((start, raw) for start, raw in reversed(self.starts) if row_id >= start)
+        return raw.locate(row_id - start)
+
+
 def _prepare_source(source: dict, format_key: str, data_cfg, tokenizer, seq_len: int, seed: int):
     fmt = FORMATS[source["format"]]
     raw_splits = load_source(source["path"], source["subset"], source["split"], source["revision"])
-    counts: Dict[str, float] = {}
-    own = {}
+    counts: Dict[str, Any] = {}
+    own, ignored = {}, {}
+    locate = RowLocator()
+    bad_rows = BadRows(data_cfg.on_bad_row, locate)
     for name, raw in raw_splits.items():
         if name not in SPLITS:
             continue  # e.g. a hub dataset's "unsupervised" split
         if fmt.name != "completion" and any(f.suffix == ".txt" for f in raw.files):
             raise DataError(f"{format_key}: {source['path']} holds .txt files, which are plain text (one completion "
                             f"row per file), but the format is {fmt.name}; set {format_key}=completion")
-        rows, split_counts = clean_rows(fmt.normalize(raw, source["columns"]), fmt, data_cfg.drop_duplicates)
+        normalized = normalize(fmt, raw, source["columns"], data_cfg.system_prompt, bad_rows, locate.add(raw))
+        ignored.update(dict.fromkeys(normalized.ignored_fields))
+        rows, split_counts = clean_rows(normalized.rows, fmt, data_cfg.drop_duplicates)
+        split_counts["rows_read"] = len(raw.rows)  # skipped bad rows included
         for key, value in split_counts.items():
             counts[key] = counts.get(key, 0) + value
         own[name] = rows
+    if data_cfg.on_bad_row == "skip":
+        counts["skipped_bad_rows"] = bad_rows.count
     if "train" not in own:
         raise DataError(f"data.split: {source['path']} has splits {sorted(raw_splits)} but no train split; "
                         "name the one to train on with data.split")
@@ -131,13 +172,17 @@ def _prepare_source(source: dict, format_key: str, data_cfg, tokenizer, seq_len:
                                   0.0 if "test" in own else data_cfg.test_fraction, seed, source["path"])
     carved = {"train": train, "validation": own.get("validation", val), "test": own.get("test", test)}
     chat_template = chat_template_for(data_cfg, tokenizer) if fmt.name == "chat" else None
+    policy = TrainingPolicy.from_config(data_cfg)
+    fmt.check_template(carved["train"], SegmentContext(tokenizer, chat_template, policy))
     tokenized = {}
     for name, rows in carved.items():
+        num_bad_before = bad_rows.count
         whole = name == "train" and data_cfg.packing and data_cfg.too_long == "split"  # build() chunks them
         result = tokenize_split(rows, fmt, tokenizer, None if whole else seq_len, data_cfg.mask_prompt,
                                 data_cfg.too_long, chat_template, with_generation=name != "train",
-                                num_proc=data_cfg.num_proc)
-        counts.update(fit_counts(name, len(rows), result, seq_len, data_cfg.too_long, whole))
+                                num_proc=data_cfg.num_proc, policy=policy, bad_rows=bad_rows)
+        num_fitted = len(rows) - (bad_rows.count - num_bad_before)  # the rows too_long acted on
+        counts.update(fit_counts(name, num_fitted, result, seq_len, data_cfg.too_long, whole))
         num_lost = check_trained_tokens(result, name, source["path"], seq_len, data_cfg.too_long)
         if num_lost:
             counts[f"{name}_no_trained_tokens"] = num_lost
@@ -146,13 +191,22 @@ def _prepare_source(source: dict, format_key: str, data_cfg, tokenizer, seq_len:
                            "data.too_long=split trains on all of each text, in chunks of train.seq_len",
                            counts["train_truncated"], len(rows), source["path"], seq_len)
         tokenized[name] = result.remove_columns(list(BOOKKEEPING))
+    if data_cfg.on_bad_row == "skip":
+        counts["skipped_bad_rows"] = bad_rows.count
+        bad_rows.log(source["path"])
+        if len(tokenized["train"]) == 0 and bad_rows.count:
+            raise DataError(f"data.on_bad_row: every training row of {source['path']} was skipped as malformed; "
+                            f"the first: {bad_rows.shown[0]}")
+    if ignored:
+        counts["ignored_fields"] = ", ".join(ignored)
     return tokenized, counts
 
 
 def fit_counts(name: str, num_rows: int, result: Dataset, seq_len: int, too_long: str, whole: bool) -> Dict[str, int]:
     """What data.too_long did to a split of num_rows rows: truncated, dropped, or split into chunks."""
-    chunks = result["chunk"]
-    counts = {f"{name}_truncated": sum(result["truncated"]), f"{name}_dropped_too_long": num_rows - chunks.count(0)}
+    chunks = result["chunk"] if len(result) else []
+    counts = {f"{name}_truncated": sum(result["truncated"]) if len(result) else 0,
+              f"{name}_dropped_too_long": num_rows - chunks.count(0)}
     if too_long == "split" and whole:  # chunked after mixing, as one stream: packed_train_rows counts the rows
         counts[f"{name}_split_rows"] = sum(len(ids) > seq_len for ids in result["input_ids"])
     elif too_long == "split" and chunks.count(1):
@@ -164,6 +218,8 @@ def fit_counts(name: str, num_rows: int, result: Dataset, seq_len: int, too_long
 def check_trained_tokens(result: Dataset, split: str, where: str, seq_len: int, too_long: str) -> int:
     """The rows of a tokenized split left without a trained token, with a warning; DataError when that is every
     training row, for they would train nothing (the loss would be 0/0)."""
+    if len(result) == 0:
+        return 0
     num_lost, longest_prompt = rows_without_trained_tokens(result)
     if not num_lost:
         return 0

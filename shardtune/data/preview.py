@@ -2,7 +2,7 @@
 can check their template and masking before paying for a run."""
 from typing import List
 
-from .pipeline import PreparedData
+from .pipeline import PreparedData, format_report
 from .tokenize import IGNORE_INDEX
 
 MASK_OPEN, MASK_CLOSE = "«", "»"
@@ -33,7 +33,7 @@ def mark_masked(tokenizer, input_ids: List[int], labels: List[int], position_ids
 
 def format_preview(prepared: PreparedData, tokenizer, split: str, num_examples: int) -> str:
     rows = prepared.split(split)
-    lines = ["data: " + ", ".join(f"{key} {value}" for key, value in prepared.report.items()),
+    lines = ["data: " + format_report(prepared.report),
              f"{split} split: {len(rows)} rows; first {min(num_examples, len(rows))} below. "
              f"Text in {MASK_OPEN}{MASK_CLOSE} is masked (label -100, no loss)"
              + (f"; {EXAMPLE_BOUNDARY.strip()} separates packed examples" if "position_ids" in rows.column_names else "")]

@@ -10,6 +10,7 @@ Owns: telling a local path from a hub name, the dataset's own splits (a director
 test* files, a hub dataset's splits), and finding the file and line behind a bad row, so that errors name
 them instead of an arrow exception.
 """
+import codecs
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "c
 BUILDER_OPTIONS = {"text": {"sample_by": "document"}}  # one row per file (see above)
 KINDS = ".jsonl, .json, .parquet, .csv or .txt"
 SPLITS = ("train", "validation", "test")
+TEXT_BUILDERS = ("json", "csv")
 
 
 @dataclass
@@ -88,6 +90,8 @@ def _load_local(path: Path, split: Optional[str]) -> Dict[str, RawSplit]:
         for f in files:
             if f.stat().st_size == 0 or (BUILDERS[f.suffix] == "json" and not f.read_bytes().strip()):
                 raise DataError(f"data.path: {f} is empty (no rows)")
+            if BUILDERS[f.suffix] in TEXT_BUILDERS:
+                check_utf8(f)  # arrow reads other bytes without a word, and fails later far from the file
         loaded[name] = RawSplit(_read_files(builders.pop(), files), str(path), files)
     return loaded
 
@@ -129,6 +133,26 @@ def _is_json_lines(path: Path) -> bool:
         return True
     with path.open("rb") as f:
         return path.suffix == ".json" and not f.read(4096).lstrip().startswith(b"[")
+
+
+def check_utf8(path: Path) -> None:
+    """Raise DataError naming the first line of `path` that is not UTF-8 text (read in chunks: files may be large)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:  # error.object: the bytes decoded, the last chunk's tail included
+                line += error.object[:error.start].count(b"\n")
+                raise DataError(f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#04x}); save the "
+                                "file as UTF-8") from None
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}:{line}: not UTF-8 text (the file ends inside a character); save the file as "
+                        "UTF-8") from None
 
 
 def _check_json_file(path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Tokenization with loss masking: a format's text segments become `input_ids` and `labels`, where masked
-segments get label -100. Rows longer than seq_len are handled by data.too_long:
+"""Tokenization with loss masking: a format's segments (text, or the EOS token) become `input_ids` and `labels`,
+where masked segments get label -100. Rows longer than seq_len are handled by data.too_long:
 
 truncate       keep the start.
 keep_response  keep the response (the last trained segment and what follows it): the masked context before
@@ -13,9 +13,10 @@ import logging
 from typing import List, Optional, Tuple
 
 from datasets import Dataset
+from jinja2 import TemplateError
 
 from ..errors import DataError
-from .formats import Format
+from .segments import EOS, ROW_ID, BadRow, BadRows, Format, SegmentContext, TrainingPolicy, merge_adjacent
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,23 @@ def adds_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
+def encode_segments(segments, tokenizer, mask_prompt: bool = True) -> Tuple[List[int], List[int], int]:
+    """(input_ids, labels, response_start) of the segments, response_start being where the last trained segment
+    begins. Segments are tokenized apart so that the mask boundary falls exactly between them (neighbours
+    trained alike together); the pipeline adds BOS/EOS itself, so the tokenizer adds nothing."""
+    segments = merge_adjacent(segments)
+    texts = [segment.text for segment in segments if segment.text is not EOS]
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    input_ids, labels, response_start = [], [], 0
+    for segment in segments:
+        ids = [tokenizer.eos_token_id] if segment.text is EOS else next(encoded)
+        if segment.trained:
+            response_start = len(input_ids)
+        input_ids += ids
+        labels += ids if segment.trained or not mask_prompt else [IGNORE_INDEX] * len(ids)
+    return input_ids, labels, response_start
+
+
 def keep_response(input_ids: List[int], labels: List[int], response_start: int, num_head: int,
                   seq_len: int) -> Tuple[List[int], List[int]]:
     """Cut an over-long example to seq_len around its response (which starts at response_start): the first
@@ -48,10 +66,12 @@ def keep_response(input_ids: List[int], labels: List[int], response_start: int, 
 
 
 def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: Optional[int], mask_prompt: bool, too_long: str,
-                   chat_template: Optional[str], with_generation: bool = False, num_proc: int = 1) -> Dataset:
+                   chat_template: Optional[str], with_generation: bool = False, num_proc: int = 1,
+                   policy: TrainingPolicy = TrainingPolicy(), bad_rows: Optional[BadRows] = None) -> Dataset:
     """Columns: input_ids, labels and the BOOKKEEPING ones; with_generation adds prompt_ids and reference, the
     prompt to generate from and the expected answer (formats that have one; empty otherwise), for evaluation
-    splits. seq_len=None keeps every row whole (for packing that chunks the concatenated texts itself)."""
+    splits. seq_len=None keeps every row whole (for packing that chunks the concatenated texts itself). A row
+    the format or chat template refuses goes to `bad_rows` (by default: an error)."""
     columns = ["input_ids", "labels", *BOOKKEEPING] + (["prompt_ids", "reference"] if with_generation else [])
     if len(rows) == 0:  # map would return an empty split without the new columns
         return Dataset.from_dict({name: [] for name in columns})
@@ -60,7 +80,7 @@ def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: Optional[int]
     if fmt.appends_eos and tokenizer.eos_token_id is None:
         raise DataError("model.tokenizer has no eos_token; the data pipeline ends every example with it")
     bos = [tokenizer.bos_token_id] if fmt.adds_bos and adds_bos(tokenizer) else []
-    eos = [tokenizer.eos_token_id] if fmt.appends_eos else []
+    bad_rows = bad_rows or BadRows()
 
     def fitted(input_ids: List[int], labels: List[int], response_start: int) -> List[Tuple[List[int], List[int]]]:
         """The example as rows of at most seq_len tokens, per too_long."""
@@ -76,42 +96,56 @@ def tokenize_split(rows: Dataset, fmt: Format, tokenizer, seq_len: Optional[int]
             return [keep_response(input_ids, labels, response_start, num_head, seq_len)]
         return [(input_ids[:seq_len], labels[:seq_len])]
 
-    def tokenize_batch(batch):
+    empty = {"input_ids": [], "labels": [], "truncated": False, "chunk": 0, "prompt_tokens": 0, "prompt_ids": [],
+             "reference": ""}
+
+    def tokenize_batch(batch, indices):
         batch_rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = {name: [] for name in columns}
-        for row in batch_rows:
-            segments = fmt.segments(row, chat_template, tokenizer)
-            # Segments are tokenized apart so the mask boundary falls exactly between them; the
-            # pipeline adds BOS/EOS itself, so the tokenizer must add nothing.
-            segment_ids = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
-            input_ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
-            response_start = len(input_ids)
-            for (_, trained), ids in zip(segments, segment_ids):
-                if trained:
-                    response_start = len(input_ids)  # ends at the last trained segment
-                input_ids += ids
-                labels += ids if trained or not mask_prompt else [IGNORE_INDEX] * len(ids)
-            input_ids, labels = input_ids + eos, labels + eos
+        out = {name: [] for name in columns + ["bad_row", ROW_ID]}
+        context = SegmentContext(tokenizer, chat_template, policy)
+        for number, row in enumerate(batch_rows):
+            row_id = row.get(ROW_ID, indices[number])
+            try:
+                segments = fmt.segments(row, context)
+                pair = fmt.generation_pair(row, context) if with_generation else None
+            except (BadRow, TemplateError) as error:  # kept as a row, for bad_rows to judge in row order
+                for name in columns:
+                    out[name].append(empty[name])
+                out["bad_row"].append(str(error))
+                out[ROW_ID].append(row_id)
+                continue
+            input_ids, labels, response_start = encode_segments(segments, tokenizer, mask_prompt)
+            input_ids, labels = bos + input_ids, [IGNORE_INDEX] * len(bos) + labels
             prompt_tokens = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
-            pieces = fitted(input_ids, labels, response_start)  # a batched map may return more or fewer rows
+            pieces = fitted(input_ids, labels, response_start + len(bos))  # a batched map may return more or fewer rows
             if with_generation and pieces:
-                pair = fmt.generation_pair(row, chat_template, tokenizer)
-                prompt_ids = bos + tokenizer(pair[0], add_special_tokens=False)["input_ids"] if pair else []
+                prompt_ids = bos + encode_segments(pair[0], tokenizer)[0] if pair else []
                 reference = pair[1] if pair else ""
-            for number, (piece_ids, piece_labels) in enumerate(pieces):
+            for piece_number, (piece_ids, piece_labels) in enumerate(pieces):
                 out["input_ids"].append(piece_ids)
                 out["labels"].append(piece_labels)
                 out["truncated"].append(len(pieces) == 1 and len(piece_ids) < len(input_ids))
-                out["chunk"].append(number)
+                out["chunk"].append(piece_number)
                 out["prompt_tokens"].append(prompt_tokens)
+                out["bad_row"].append("")
+                out[ROW_ID].append(row_id)
                 if with_generation:
                     out["prompt_ids"].append(prompt_ids)
                     out["reference"].append(reference)
         return out
 
-    tokenized = rows.map(tokenize_batch, batched=True, remove_columns=rows.column_names, num_proc=num_proc if num_proc > 1 else None,
-                         desc="Tokenizing")
+    tokenized = rows.map(tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names,
+                         num_proc=num_proc if num_proc > 1 else None, desc="Tokenizing")
     if len(tokenized) == 0:  # every row was too long and dropped
+        return Dataset.from_dict({name: [] for name in columns})
+    problems = tokenized["bad_row"]
+    if any(problems):
+        for row_id, problem in zip(tokenized[ROW_ID], problems):
+            if problem:
+                bad_rows.found(row_id, problem)  # raises under data.on_bad_row=error
+        tokenized = tokenized.filter(lambda problem: not problem, input_columns="bad_row")
+    tokenized = tokenized.remove_columns(["bad_row", ROW_ID])
+    if len(tokenized) == 0:  # every row was too long and dropped, or skipped as malformed
         return Dataset.from_dict({name: [] for name in columns})
     return tokenized
 

@@ -8,9 +8,11 @@ from omegaconf import DictConfig
 from ..cluster import slurm
 from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
+from ..data.pipeline import format_report
 from ..run_dir import PREEMPTED_MARKER
 from .model_check import check_model
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
+from .validation import validate_split_sizes
 
 log = logging.getLogger("shardtune")
 
@@ -21,8 +23,7 @@ def tokenize_data(cfg: DictConfig, rebuild: bool = False):
     cache entry)."""
     tokenizer = check_model(cfg)
     prepared, path, reused = load_or_build(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.seed, rebuild=rebuild)
-    log.info("data %s %s: %s", "reused from" if reused else "prepared in", path,
-             ", ".join(f"{key} {value}" for key, value in prepared.report.items()))
+    log.info("data %s %s: %s", "reused from" if reused else "prepared in", path, format_report(prepared.report))
     return prepared, tokenizer, path
 
 
@@ -36,7 +37,8 @@ def prepare_run(cfg: DictConfig) -> LaunchPlan:
         check_rendezvous_reachable(cfg.launcher, log)  # other nodes: fail clearly rather than hang in torchrun
     cache_entry = None
     if cfg.launcher.node_rank == 0:
-        _, _, cache_entry = tokenize_data(cfg)  # the workers of every node load this cache entry
+        prepared, _, cache_entry = tokenize_data(cfg)  # the workers of every node load this cache entry
+        validate_split_sizes(cfg.train, len(prepared.train), plan.world_size)
     else:
         log.info("node %d: node 0's launcher prepares the data; the workers load it from the cache (or build "
                  "it where this node does not share node 0's cache directory)", cfg.launcher.node_rank)

@@ -13,8 +13,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster.rendezvous import split_endpoint
 from ..cluster.slurm import check_time_limit
-from ..config import METHOD_SCHEMAS, ClusterConfig, typed_config
+from ..config import METHOD_SCHEMAS, ClusterConfig, DataConfig, typed_config
 from ..data.formats import FORMATS
+from ..data.segments import EOS_POLICIES, ROLES
 from ..data.pipeline import sources
 from ..data.sources import looks_local
 from ..data.tokenize import TOO_LONG
@@ -98,6 +99,7 @@ def _validate_data(data) -> None:
         raise ConfigError("data.test_fraction", "val_fraction + test_fraction must be < 1: no training rows left")
     if data.num_proc < 1:
         raise ConfigError("data.num_proc", f"must be >= 1, got {data.num_proc}")
+    _validate_masking(data)
     if data.format == "random_tokens":
         if data.num_rows < 1:
             raise ConfigError("data.num_rows", "random_tokens needs num_rows >= 1")
@@ -113,14 +115,54 @@ def _validate_data(data) -> None:
         if data.too_long == "split" and fmt != "completion":
             raise ConfigError("data.too_long", f"split cuts plain text into chunks, for format=completion; {prefix}format "
                                                f"is {fmt}, whose chunks would lose their prompts: use keep_response")
-        unknown = set(columns) - set(FORMATS[fmt].mappable)
+        unknown = set(columns) - set(FORMATS[fmt].columns)
         if unknown:
-            raise ConfigError(f"{prefix}columns", f"format {fmt} maps only {', '.join(FORMATS[fmt].mappable)}; "
+            raise ConfigError(f"{prefix}columns", f"format {fmt} maps only {', '.join(FORMATS[fmt].columns)}; "
                                                   f"got {sorted(unknown)}")
         if looks_local(source["path"]) and not Path(os.path.expanduser(source["path"])).exists():
             raise ConfigError(f"{prefix}path", f"file or directory not found: {source['path']}")
         if source["weight"] <= 0:
             raise ConfigError(f"{prefix}weight", f"must be > 0, got {source['weight']}")
+
+
+def _validate_masking(data) -> None:
+    """The training-control settings, and a warning for each one the chosen formats ignore."""
+    unknown = sorted(set(data.train_on_roles) - set(ROLES))
+    if unknown:
+        raise ConfigError("data.train_on_roles", f"unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
+    if data.train_on_eos not in EOS_POLICIES:
+        raise ConfigError("data.train_on_eos", f"expected one of {', '.join(EOS_POLICIES)}, got {data.train_on_eos!r}")
+    if data.on_bad_row not in ("error", "skip"):
+        raise ConfigError("data.on_bad_row", f"expected error or skip, got {data.on_bad_row!r}")
+    defaults = OmegaConf.structured(DataConfig)
+    changed = [key for key in ("train_on_roles", "train_on_eos", "mask_history", "system_prompt")
+               if data[key] != defaults[key]]
+    warn = logging.getLogger("shardtune").warning
+    if not data.mask_prompt:
+        for key in (key for key in changed if key != "system_prompt"):
+            warn("data.%s is ignored: data.mask_prompt=false trains on every token", key)
+        changed = [key for key in changed if key == "system_prompt"]
+    formats = {source["format"] for source in sources(data)} if data.path or data.mix else {data.format}
+    # What each format reads: completion has no roles or turns, segments carry their own labels.
+    reads = {"alpaca": set(changed), "chat": set(changed), "completion": {"train_on_eos"}, "segments": set()}
+    for key in changed:
+        if not any(key in reads.get(fmt, ()) for fmt in formats):
+            warn("data.%s is ignored: format %s does not use it", key, "/".join(sorted(formats)))
+
+
+def validate_split_sizes(train, num_train_rows: int, world_size: int) -> None:
+    """After tokenizing: every rank needs a micro-batch of training rows, and grad_accum of them per step (the
+    workers would otherwise fail after starting)."""
+    needed = train.micro_batch_size * world_size
+    if num_train_rows < needed:
+        raise ConfigError("train.micro_batch_size", f"{train.micro_batch_size} rows per micro-batch on each of "
+                          f"{world_size} rank(s) needs at least {needed} training rows, but the train split has "
+                          f"{num_train_rows}; lower train.micro_batch_size or add data")
+    per_rank = num_train_rows // world_size // train.micro_batch_size
+    if per_rank < train.grad_accum:
+        raise ConfigError("train.grad_accum", f"{train.grad_accum} micro-batches per step, but the train split's "
+                          f"{num_train_rows} rows give each of {world_size} rank(s) only {per_rank} micro-batch(es) "
+                          f"of {train.micro_batch_size}; lower train.grad_accum or train.micro_batch_size")
 
 
 def _validate_model(model) -> None:

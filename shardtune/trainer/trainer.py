@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, load_or_build_in_workers
+from ..data.pipeline import format_report
 from ..data.tokenize import IGNORE_INDEX
 from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
@@ -111,7 +112,7 @@ class Trainer:
         data, path = load_or_build_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
         train_rows, val_rows = data.train, data.validation
         if self.rank == 0:
-            log.info("data from %s: %s", path, ", ".join(f"{key} {value}" for key, value in data.report.items()))
+            log.info("data from %s: %s", path, format_report(data.report))
         collator = Collator(self.tokenizer.pad_token_id)
 
         self.train_batches = ShardedBatches(train_rows, cfg.train.micro_batch_size, self.rank, self.world_size,

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from shardtune.config import DataConfig, asset_path
+from shardtune.config import ColumnsConfig, DataConfig, asset_path
 from shardtune.data import build
 from shardtune.errors import DataError
 
@@ -76,7 +76,7 @@ def test_bundled_data_is_clean(tokenizer):
 
 def test_column_mapping_reads_other_field_names(tmp_path, tokenizer):
     rows = [{"question": "Add.", "context": "2+2", "answer": "4"}, {"question": "Add.", "answer": "7"}]
-    cfg = data_cfg(tmp_path, rows, columns={"instruction": "question", "input": "context", "output": "answer"})
+    cfg = data_cfg(tmp_path, rows, columns=ColumnsConfig(instruction="question", input="context", output="answer"))
     train, _, report = tokenized_splits(cfg, tokenizer, seq_len=64, seed=0)
     assert report["train_rows"] == 2
     texts = sorted(tokenizer.decode(ids) for ids in train["input_ids"])
@@ -86,15 +86,16 @@ def test_column_mapping_reads_other_field_names(tmp_path, tokenizer):
 
 def test_a_missing_mapped_field_names_the_file_line_and_key(tmp_path):
     cfg = data_cfg(tmp_path, [{"question": "Add.", "answer": "4"}, {"question": "Add."}],
-                   columns={"instruction": "question", "output": "answer"})
+                   columns=ColumnsConfig(instruction="question", output="answer"))
     with pytest.raises(DataError, match=r"rows.jsonl:2: field 'answer' \(data.columns.output\) is missing"):
         build(cfg, None, seq_len=64, seed=0)
 
 
-def test_columns_map_only_the_three_fields():
+def test_columns_map_only_the_formats_fields():
     from conftest import compose_cfg
     from shardtune.errors import ConfigError
     from shardtune.launcher.validation import validate
-    cfg = compose_cfg(values={"data.columns": {"prompt": "question"}})
-    with pytest.raises(ConfigError, match=r"data.columns: format alpaca maps only instruction, input, output; got \['prompt'\]"):
+    cfg = compose_cfg(values={"data.columns": ColumnsConfig(messages="question")})
+    with pytest.raises(ConfigError, match=r"data.columns: format alpaca maps only instruction, input, output, system, "
+                                          r"history; got \['messages'\]"):
         validate(cfg, "cpu", 2)

@@ -284,7 +284,7 @@ REFUSED = [
     ((), {"optim.name": "sgd"}, "optim.name", "adamw"),
     ((), {"data.path": "/nonexistent/rows.jsonl"}, "data.path", "file or directory not found"),
     ((), {"data.path": None}, "data.path", "no dataset"),
-    ((), {"data.format": "csv"}, "data.format", "alpaca, chat, completion, random_tokens"),
+    ((), {"data.format": "csv"}, "data.format", "alpaca, chat, completion, segments, random_tokens"),
     ((), {"data.val_fraction": 1.0}, "data.val_fraction", "[0, 1)"),
     ((), {"model.tokenizer": "/nonexistent/tokenizer"}, "model.tokenizer", "tokenizer directory not found"),
     ((), {"model.init": "pretrained"}, "model.name_or_path", "set a hub id or a local model directory"),

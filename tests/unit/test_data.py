@@ -7,7 +7,8 @@ from transformers import AutoTokenizer
 
 from shardtune.config import asset_path
 from shardtune.data import Collator, ShardedBatches
-from shardtune.data.formats import FORMATS, format_prompt
+from shardtune.data.formats import FORMATS, format_prompt, normalize
+from shardtune.data.segments import BadRows
 from shardtune.data.pipeline import split_rows
 from shardtune.errors import DataError
 from shardtune.data.sources import load_source
@@ -57,7 +58,7 @@ def test_tiny_tokenizer_chat_template_tags_roles(tokenizer):
 
 def test_tiny_data_loads_and_fits_short_sequences(tokenizer):
     raw = load_source(asset_path("data/tiny_instruct.jsonl"))["train"]
-    ds = FORMATS["alpaca"].normalize(raw, {})
+    ds = normalize(FORMATS["alpaca"], raw, {}, None, BadRows()).rows
     assert 1500 <= len(ds) <= 2500
     assert len(set(zip(ds["instruction"], ds["input"]))) == len(ds)  # unique rows: no train/val leaks
     tokenized = tokenize_rows(ds, tokenizer, seq_len=1024, mask_prompt=True)

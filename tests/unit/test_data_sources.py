@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from shardtune.config import DataConfig, DataSourceConfig, asset_path
+from shardtune.config import ColumnsConfig, DataConfig, DataSourceConfig, asset_path
 from shardtune.data import build
 from shardtune.errors import DataError
 from shardtune.data.formats import BUILTIN_CHAT_TEMPLATE
@@ -109,15 +109,15 @@ def test_chat_template_from_the_config_and_a_template_that_cannot_be_split(tmp_p
     custom = BUILTIN_CHAT_TEMPLATE.replace("<|", "[").replace("|>", "]")
     row = build(data_cfg(path, format="chat", chat_template=custom), tokenizer, 256, 0).train[0]
     assert tokenizer.decode(row["input_ids"]).startswith("[system]\nBe brief.")
-    # A template that puts the number of turns first: earlier renderings are no prefix of later ones.
+    # A template that puts the number of turns first: earlier renderings are no prefix of later ones (from turn 2).
     counting = "{{ messages | length }}" + BUILTIN_CHAT_TEMPLATE
-    with pytest.raises(DataError, match=r"data.chat_template: .* turn by turn \(turn 3\)"):
+    with pytest.raises(DataError, match=r"data.chat_template: .* turn by turn \(turn 2\)"):
         build(data_cfg(path, format="chat", chat_template=counting), tokenizer, 256, 0)
 
 
 def test_completion_trains_all_text_and_ends_with_eos(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "text.jsonl", [{"body": "plain text"}, {"body": "  "}])
-    prepared = build(data_cfg(path, format="completion", columns={"text": "body"}), tokenizer, 64, 0)
+    prepared = build(data_cfg(path, format="completion", columns=ColumnsConfig(text="body")), tokenizer, 64, 0)
     assert prepared.report["dropped_empty"] == 1
     assert prepared.train[0]["input_ids"] == list(b"plain text") + [tokenizer.eos_token_id]
     assert prepared.train[0]["labels"] == prepared.train[0]["input_ids"]
@@ -126,7 +126,7 @@ def test_completion_trains_all_text_and_ends_with_eos(tmp_path, tokenizer):
 def test_sharegpt_style_chat_through_column_mapping(tmp_path, tokenizer):
     rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
     cfg = data_cfg(write_jsonl(tmp_path / "sg.jsonl", rows), format="chat",
-                   columns={"messages": "conversations", "role": "from", "content": "value"})
+                   columns=ColumnsConfig(messages="conversations", role="from", content="value"))
     row = build(cfg, tokenizer, 64, 0).train[0]
     assert tokenizer.decode(row["input_ids"]) == "<|user|>\nhi</s>\n<|assistant|>\nyo</s>\n"
 
@@ -213,11 +213,12 @@ def test_an_unreachable_hub_dataset_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize("values, key, message", [
-    ({"data.format": "sharegpt"}, "data.format", "expected one of alpaca, chat, completion, random_tokens"),
+    ({"data.format": "sharegpt"}, "data.format", "expected one of alpaca, chat, completion, segments, random_tokens"),
     ({"data.path": "/nonexistent/rows.jsonl"}, "data.path", "file or directory not found"),
     ({"data.path": None}, "data.path", "no dataset"),
     ({"data.test_fraction": 0.95}, "data.test_fraction", "no training rows left"),
-    ({"data.format": "chat", "data.columns": {"instruction": "q"}}, "data.columns", "format chat maps only messages"),
+    ({"data.format": "chat", "data.columns": ColumnsConfig(instruction="q")}, "data.columns",
+     "format chat maps only messages"),
     ({"data.mix": [DataSourceConfig(path="/nonexistent/a.jsonl")]}, "data.path", "not both"),
     ({"data.path": None, "data.mix": [DataSourceConfig(path="/nonexistent/a.jsonl")]}, "data.mix.0.path", "not found"),
     ({"data.path": None, "data.mix": [DataSourceConfig(path=asset_path("data/tiny_instruct.jsonl"), weight=0.0)]},
