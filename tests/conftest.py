@@ -8,11 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from shardtune.config import register_configs
 from shardtune.run_dir import SUMMARY_FILE, read_metrics
+
+# The suite runs two pytest workers on 2 cores, each starting training processes: a torch computation in a test
+# process (reloading a model, generating, packing checks) or in a one-process command (eval, export) with a thread per
+# core has its OpenMP threads wait on each other (measured under load: tests/unit/test_generate.py 30 s with two
+# threads, 9 s with one). Training workers get one thread each from the launcher already.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+torch.set_num_threads(1)
 
 # Small and fast, but every part of the loop runs: 2 gloo workers, tiny Llama, bundled data.
 FAST = ["train.max_steps=8", "train.seq_len=64", "train.micro_batch_size=4", "train.log_interval=1",
@@ -37,8 +45,10 @@ def compose_cfg(*overrides: str, values: dict = None):
 
 
 def run_shardtune(command: str, *overrides: str, check: bool = True, env: dict = None) -> subprocess.CompletedProcess:
+    threads = {} if command == "train" else ONE_THREAD  # train: the launcher sets the workers' threads
     result = subprocess.run([sys.executable, "-m", "shardtune.cli", command, *overrides], capture_output=True,
-                            text=True, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})},
+                            text=True, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **threads,
+                                            **(env or {})},
                             timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"shardtune {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
