@@ -65,6 +65,15 @@ def final_val_loss(output_dir) -> float:
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    """The tiny model's byte-level tokenizer (shardtune/assets/tiny-tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from shardtune.config import asset_path
+    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
+
+
+@pytest.fixture(scope="session")
 def fast_overrides():
     return list(FAST)
 

@@ -1,36 +1,19 @@
 """Bad input never escapes as a traceback: each data error is one line naming the file and line (or the config key),
 raised in the launcher before torchrun starts; data.on_bad_row=skip leaves malformed rows out and counts them
 (shardtune/data/segments.py BadRows, formats.py, chat.py, sources.py, launcher/validation.py)."""
-import json
 
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
 from conftest import compose_cfg, run_shardtune
-from shardtune.config import DataConfig, asset_path
+from data_helpers import data_cfg, write_jsonl
 from shardtune.data import build
 from shardtune.errors import ConfigError, DataError
 from shardtune.launcher.launch import prepare_run
 from shardtune.launcher.validation import validate, validate_split_sizes
 
 GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return path
-
-
-def data_cfg(path, **fields):
-    return OmegaConf.structured(DataConfig(name="test", path=str(path), **{"val_fraction": 0.0, **fields}))
 
 
 def one_line_error(call) -> str:

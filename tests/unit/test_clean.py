@@ -3,9 +3,8 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
-from shardtune.config import ColumnsConfig, DataConfig, asset_path
+from shardtune.config import ColumnsConfig, DataConfig
 from shardtune.data import build
 from shardtune.errors import DataError
 
@@ -22,11 +21,6 @@ ROWS = [
     {"instruction": "Reverse.", "input": "xyz", "output": "zyx"},
     {"instruction": "Tell a long story.", "input": "", "output": "once upon a time " * 20},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
 
 
 def data_cfg(tmp_path, rows, **fields):

@@ -3,7 +3,6 @@ and batching (shardtune/data/pipeline.py, tokenize.py, batches.py)."""
 
 import pytest
 from datasets import Dataset
-from transformers import AutoTokenizer
 
 from shardtune.config import asset_path
 from shardtune.data import Collator, ShardedBatches
@@ -17,11 +16,6 @@ from shardtune.data.tokenize import IGNORE_INDEX, tokenize_split
 
 def tokenize_rows(rows, tokenizer, seq_len, mask_prompt, too_long="truncate"):
     return tokenize_split(rows, FORMATS["alpaca"], tokenizer, seq_len, mask_prompt, too_long, chat_template=None)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
 
 
 def write_jsonl(tmp_path, lines):

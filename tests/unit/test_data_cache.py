@@ -5,20 +5,14 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
 from conftest import run_shardtune
-from shardtune.config import DataConfig, asset_path
+from shardtune.config import DataConfig
 from shardtune.data import load_or_build
 from shardtune.data.cache import cache_key
 from shardtune.run_dir import COMPLETE_MARKER
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(20)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
 
 
 def write_rows(path, rows=ROWS):

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
+from data_helpers import data_cfg, write_jsonl
 from shardtune.config import ColumnsConfig, DataConfig, DataSourceConfig, asset_path
 from shardtune.data import build
 from shardtune.errors import DataError
@@ -21,20 +21,6 @@ ALPACA = [{"instruction": "Reverse.", "input": "abc", "output": "cba"},
 CHAT = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
                       {"role": "assistant", "content": "yo"}, {"role": "user", "content": "again"},
                       {"role": "assistant", "content": "ok"}]}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return path
-
-
-def data_cfg(path, **fields):
-    return OmegaConf.structured(DataConfig(name="test", path=str(path), **{"val_fraction": 0.0, **fields}))
 
 
 def trained_text(tokenizer, row) -> str:

@@ -6,30 +6,15 @@ import json
 import logging
 
 import pytest
-from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
 from conftest import compose_cfg
-from shardtune.config import ColumnsConfig, DataConfig, asset_path
+from data_helpers import data_cfg, write_jsonl
+from shardtune.config import ColumnsConfig, asset_path
 from shardtune.data import build
 from shardtune.data.cache import cache_key
 from shardtune.data.chat import BUILTIN_CHAT_TEMPLATE
 from shardtune.data.pipeline import format_report
 from shardtune.data.tokenize import IGNORE_INDEX
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def data_cfg(path, **fields):
-    return OmegaConf.structured(DataConfig(name="test", path=str(path), **{"val_fraction": 0.0, **fields}))
 
 
 def spans(tokenizer, row):

@@ -22,11 +22,6 @@ PROMPTS = [format_prompt("Reverse the word.", "abc"), "hi", format_prompt("Doubl
 MAX_NEW_TOKENS = 6
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
-
-
 def tiny_model(seed: int = 0):
     """The `model=tiny` architecture with seeded random weights, configured as training leaves it."""
     architecture = OmegaConf.to_container(compose_cfg("model=tiny").model.architecture)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
 from conftest import compose_cfg, run_shardtune
 from shardtune.config import DataConfig, DataSourceConfig, asset_path
@@ -19,11 +18,6 @@ from shardtune.errors import ConfigError, DataError
 from shardtune.launcher.validation import validate
 
 LONG_INSTRUCTION = "Read the following request with great care and then answer it briefly. "  # 72 bytes
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))  # one token per byte, adds no BOS
 
 
 @pytest.fixture(scope="module")
