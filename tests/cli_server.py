@@ -1,0 +1,113 @@
+"""Many `shardtune` command lines, each at the cost of its own work rather than of importing torch again.
+
+Most of a short command's time (plan, data preview: about 1 s of work) goes into importing torch, transformers,
+datasets and peft (4-6 s on 2 cores). This server imports them once and runs every command line in a fork of
+itself, as the `shardtune` script runs it in a fresh process: `main()` with that argv, in its own process,
+working directory, stdout and stderr, ending with the exit status the script would; the torchrun workers a command
+starts are fresh processes as always. The server only imports before it forks: no Hydra state, no torch thread
+pool (each command starts its own), nothing another command could see.
+
+    with ShardtuneServer(env={"HF_HUB_OFFLINE": "1"}) as server:
+        result = server.run("plan", "method=full", cwd=workspace)  # a subprocess.CompletedProcess
+
+The server reads one JSON request a line on stdin and answers one JSON line on stdout.
+"""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+PRELOADED = ("torch", "transformers", "datasets", "peft", "hydra", "shardtune.cli", "shardtune.launcher.launch",
+             "shardtune.launcher.memory", "shardtune.data.preview", "shardtune.evaluation.command", "shardtune.export")
+
+
+def serve() -> None:
+    import importlib
+    channel = os.fdopen(os.dup(1), "w")  # the replies; not inherited by the programs commands start
+    os.dup2(2, 1)  # what libraries print (bitsandbytes prints while importing) goes to stderr, not among the replies
+    for module in PRELOADED:
+        importlib.import_module(module)
+    for line in sys.stdin:
+        request = json.loads(line)
+        with tempfile.TemporaryDirectory() as outputs:
+            paths = [Path(outputs) / "stdout", Path(outputs) / "stderr"]
+            channel.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                run_command(request, paths)  # does not return
+            _, status = os.waitpid(pid, 0)
+            reply = {"returncode": os.waitstatus_to_exitcode(status),
+                     **{path.name: path.read_text(errors="replace") if path.exists() else "" for path in paths}}
+        channel.write(json.dumps(reply) + "\n")
+        channel.flush()
+
+
+def run_command(request: dict, paths: list) -> None:
+    """In the forked child: the command as the `shardtune` console script runs it, ending with the status the
+    interpreter would give (SystemExit's code; 1 and the traceback for an exception), without unwinding into the
+    server's loop."""
+    status = 1
+    try:
+        os.chdir(request["cwd"])
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin is the server's request channel
+        for fd, path in zip((1, 2), paths):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        signal.alarm(request["timeout"])  # SIGALRM ends a command that hangs
+        sys.argv = ["shardtune", *request["args"]]
+        from shardtune.cli import main
+        main()
+        status = 0
+    except SystemExit as exit:  # sys.exit(None | int | "message"), as the interpreter reads it
+        status = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+        if not isinstance(exit.code, (int, type(None))):
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:  # not the server's atexit handlers: they would clean up after the server (its temporary directory)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+class ShardtuneServer:
+    """The test side: start the server (with `env` over the test's environment, W&B offline), run commands."""
+
+    def __init__(self, env: dict = None):
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+        self.process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def run(self, *args: str, cwd, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        self.process.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "timeout": timeout}) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        assert reply, f"the shardtune server died (exit code {self.process.poll()})"
+        reply = json.loads(reply)
+        result = subprocess.CompletedProcess(["shardtune", *args], reply["returncode"], reply["stdout"], reply["stderr"])
+        if check and result.returncode != 0:
+            raise AssertionError(f"shardtune {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                                 f"{result.stderr[-6000:]}")
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+if __name__ == "__main__":
+    serve()
