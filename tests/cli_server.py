@@ -10,6 +10,8 @@ pool (each command starts its own), nothing another command could see.
     with ShardtuneServer(env={"HF_HUB_OFFLINE": "1"}) as server:
         result = server.run("plan", "method=full", cwd=workspace)  # a subprocess.CompletedProcess
 
+tests/conftest.py's run_shardtune runs every command of the suite through one server per pytest worker.
+
 The server reads one JSON request a line on stdin and answers one JSON line on stdout.
 """
 import json
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -55,6 +58,10 @@ def run_command(request: dict, paths: list) -> None:
     status = 1
     try:
         os.chdir(request["cwd"])
+        os.environ.update(request.get("env") or {})  # for this command and the processes it starts
+        if "OMP_NUM_THREADS" in (request.get("env") or {}):  # torch read the variable when the server imported it
+            import torch
+            torch.set_num_threads(int(request["env"]["OMP_NUM_THREADS"]))
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin is the server's request channel
         for fd, path in zip((1, 2), paths):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
@@ -85,11 +92,15 @@ class ShardtuneServer:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
         self.process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env)
+        self.lock = threading.Lock()  # one command at a time: a request and its reply share the pipes
 
-    def run(self, *args: str, cwd, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        self.process.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "timeout": timeout}) + "\n")
-        self.process.stdin.flush()
-        reply = self.process.stdout.readline()
+    def run(self, *args: str, cwd, check: bool = True, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:
+        """`shardtune *args` in `cwd`, with `env` over the server's environment."""
+        request = {"args": args, "cwd": str(cwd), "timeout": timeout, "env": env or {}}
+        with self.lock:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
         assert reply, f"the shardtune server died (exit code {self.process.poll()})"
         reply = json.loads(reply)
         result = subprocess.CompletedProcess(["shardtune", *args], reply["returncode"], reply["stdout"], reply["stderr"])
