@@ -48,6 +48,11 @@ if not OmegaConf.has_resolver("model_name"):
     OmegaConf.register_new_resolver("model_name", model_name)
 
 
+def weights_origin(model_cfg) -> str:
+    """Where a run's starting weights come from, in words for the launcher's log, the workers' log and the summary."""
+    return model_cfg.name_or_path if model_cfg.init == "pretrained" else "random weights from model.architecture"
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING

@@ -14,6 +14,7 @@ from transformers import PretrainedConfig
 from ..data.formats import chat_template_for
 from ..data.pipeline import sources
 from ..data.tokenizer import build_tokenizer
+from ..config import weights_origin
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from .memory import architecture_config, count_parameters, pretrained_config
@@ -47,10 +48,9 @@ def check_model(cfg):
     except ValueError as error:  # transformers' "Unrecognized configuration class ... for AutoModelForCausalLM"
         raise ConfigError("model.name_or_path" if pretrained else "model.architecture",
                           f"not a causal language model transformers can build: {str(error).splitlines()[0]}") from error
-    weights = model_cfg.name_or_path if pretrained else "random weights from model.architecture"
     adapters = 0 if cfg.method.name == "full" else counts.trainable  # counted as the workers count: base + adapters
     log.info("model %s (%s): %s, %s params (%s trainable with method=%s); tokenizer %s (%d tokens)",
-             model_cfg.name, weights, config.model_type, f"{counts.total + adapters:,}", f"{counts.trainable:,}",
+             model_cfg.name, weights_origin(model_cfg), config.model_type, f"{counts.total + adapters:,}", f"{counts.trainable:,}",
              cfg.method.name, model_cfg.tokenizer or model_cfg.name_or_path, len(tokenizer))
     return tokenizer
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, load_or_build_in_workers
 from ..data.pipeline import format_report
+from ..config import weights_origin
 from ..data.tokenize import IGNORE_INDEX
 from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
@@ -98,14 +99,8 @@ class Trainer:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
             log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d", where, cfg.model.name,
-                     self.model_origin(), f"{self.num_params:,}", f"{self.num_trainable_params:,}", self.total_steps,
-                     self.world_size)
-
-    def model_origin(self) -> str:
-        """Where the starting weights came from, in words for the log and the summary."""
-        if self.cfg.model.init == "random":
-            return "random weights from model.architecture"
-        return self.cfg.model.name_or_path
+                     weights_origin(cfg.model), f"{self.num_params:,}", f"{self.num_trainable_params:,}",
+                     self.total_steps, self.world_size)
 
     def build_data(self) -> None:
         cfg = self.cfg
@@ -262,7 +257,7 @@ class Trainer:
         rates = self.throughput.totals()
         self.metrics.summary({
             "model": self.cfg.model.name,
-            "model_source": self.model_origin(),
+            "model_source": weights_origin(self.cfg.model),
             "parameters": self.num_params,
             "trainable_parameters": self.num_trainable_params,
             "steps": self.step,
