@@ -62,9 +62,7 @@ def pretrained_config(model_cfg) -> PretrainedConfig:
     if not name_or_path:
         raise ConfigError("model.name_or_path", "empty, and model.architecture is not set: one of them must say "
                                                 "the model's shape")
-    local = os.path.expanduser(name_or_path)
-    if looks_like_local_path(name_or_path) and not os.path.isfile(os.path.join(local, "config.json")):
-        raise ConfigError("model.name_or_path", f"{name_or_path} is not a model directory (no config.json)")
+    local = os.path.expanduser(name_or_path)  # validation refused a local path without config.json already
     try:
         return AutoConfig.from_pretrained(local if os.path.isdir(local) else name_or_path, revision=model_cfg.revision,
                                           trust_remote_code=model_cfg.trust_remote_code)
