@@ -156,13 +156,8 @@ def check_utf8(path: Path) -> None:
 
 
 def _check_json_file(path: Path) -> None:
-    """Raise DataError naming the first line of `path` that is not valid JSON."""
-    text = path.read_bytes()
-    try:
-        decoded = text.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = text[:error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    """Raise DataError naming the first line of `path` that is not valid JSON (check_utf8 has passed it already)."""
+    decoded = path.read_text(encoding="utf-8")
     if not _is_json_lines(path):
         try:
             json.loads(decoded)
