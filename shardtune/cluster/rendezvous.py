@@ -58,6 +58,13 @@ def socket_environment(launcher) -> dict:
     return {"NCCL_SOCKET_IFNAME": launcher.socket_ifname, "GLOO_SOCKET_IFNAME": launcher.socket_ifname}
 
 
+# glibc serves large allocations from mmap and returns them to the system when freed, until the first such free
+# raises its threshold (up to 32 MiB); after that, freed layer-sized buffers (FSDP's gathered layers on a CPU,
+# offloaded gradients) stay in the heap, and a worker's resident memory grows by about a model's worth. A fixed
+# threshold keeps them returned. Set where the user has not set it.
+ALLOCATOR_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}
+
+
 def hosts_rendezvous(launcher) -> bool:
     """Node 0 hosts the rendezvous store (c10d) or the static master; it has nothing to connect to yet."""
     return launcher.node_rank == 0

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 # Rank 0 writes PREEMPTED after the checkpoint it saved on SIGUSR1; the batch script requeues when it finds
 # it. A file rather than an exit code: torchrun reports any failed worker as exit code 1.
 from ..run_dir import PREEMPTED_MARKER
-from .rendezvous import c10d_arguments, socket_environment
+from .rendezvous import ALLOCATOR_ENVIRONMENT, c10d_arguments, socket_environment
 
 log = logging.getLogger("shardtune")
 SLURM_DIR = "slurm"
@@ -120,6 +120,7 @@ def batch_script(cfg, config_path: Path, python: str) -> str:
     """The sbatch script of a run: readable, and resubmittable as it stands."""
     output_dir = config_path.parent
     environment = dict(socket_environment(cfg.launcher))
+    environment.update({name: f"${{{name}:-{value}}}" for name, value in ALLOCATOR_ENVIRONMENT.items()})
     if cfg.launcher.device == "cpu":  # share each node's cores between its workers
         workers, cpus = cfg.launcher.nproc_per_node, f"${{SLURM_CPUS_ON_NODE:-{cfg.launcher.nproc_per_node}}}"
         environment["OMP_NUM_THREADS"] = f"$(( {cpus} > {workers} ? {cpus} / {workers} : 1 ))"

@@ -8,7 +8,7 @@ tool); a top-level `system` becomes the first turn; `tools` (a list, or a JSON s
 """
 import json
 import logging
-from typing import List, Optional
+from typing import List
 
 from datasets import Features, List as ListOf, Value
 from jinja2 import TemplateError

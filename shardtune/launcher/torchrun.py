@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from ..cluster import slurm
 from ..cluster.environment import apply_slurm_step, slurm_step
-from ..cluster.rendezvous import (STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous, rendezvous_id,
-                                  socket_environment)
+from ..cluster.rendezvous import (ALLOCATOR_ENVIRONMENT, STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous,
+                                  rendezvous_id, socket_environment)
 from ..cluster.slurm import shell_join
 from ..data.cache import cache_root
 from ..errors import ConfigError
@@ -136,6 +136,8 @@ def worker_environment(plan: LaunchPlan) -> dict:
     if plan.device_type == "cpu":
         # Share the cores between the workers instead of each one spawning a thread per core.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
+    for name, value in ALLOCATOR_ENVIRONMENT.items():
+        env.setdefault(name, value)
     env.update(socket_environment(plan.config.launcher))
     return env
 

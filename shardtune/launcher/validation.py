@@ -214,6 +214,8 @@ def _validate_method_strategy(cfg, device_type: str) -> None:
         for key in ("compute_dtype", "quant_storage_dtype"):
             if q[key] != "auto" and q[key] not in DTYPES:
                 raise ConfigError(f"method.{key}", f"expected auto, {', '.join(DTYPES)}, got {q[key]!r}")
+        if kind == "fsdp":
+            _validate_sharded_quantized_base(q, cfg.train.precision, device_type)
         # bitsandbytes' CPU backend warns at import that an optional kernel package is absent.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
@@ -222,6 +224,23 @@ def _validate_method_strategy(cfg, device_type: str) -> None:
             raise ConfigError("method", f"qlora needs bitsandbytes, which failed to import: {error}") from error
     if method != "full" and (cfg.method.rank < 1 or cfg.method.alpha <= 0):
         raise ConfigError("method.rank", "LoRA rank must be >= 1 and alpha > 0")
+
+
+def _validate_sharded_quantized_base(q, precision: str, device_type: str) -> None:
+    """FSDP2 shards QLoRA's packed 4-bit storage like any other weight (trainer/sharded_loading.py)."""
+    if q.bits != 4:
+        raise ConfigError("method.bits", "FSDP shards a 4-bit base only: LLM.int8's weights keep per-row state "
+                                         "that sharding would split; use method.bits=4, or strategy=ddp for 8 bits")
+    if q.use_dora:
+        raise ConfigError("method.use_dora", "DoRA over a 4-bit base needs each whole weight on every rank, and "
+                                             "strategy=fsdp shards it; use strategy=ddp, or method=lora")
+    compute = precision if precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+    if q.quant_storage_dtype not in ("auto", compute):
+        # The mixed-precision policy casts every sharded parameter to the compute dtype for the all-gather;
+        # a packed storage of another dtype would have its bits converted as if they were numbers.
+        raise ConfigError("method.quant_storage_dtype", f"{q.quant_storage_dtype} under strategy=fsdp: the packed "
+                                                        f"4-bit storage must be in the compute dtype ({compute}); "
+                                                        f"use auto")
 
 
 def _validate_train(train, device_type: str, world_size: int) -> None:

@@ -122,6 +122,31 @@ def memory_stats(device: Device) -> Dict[str, float]:
     return {"host_rss_gib": psutil.Process().memory_info().rss / GIB}
 
 
+def host_peak_gib() -> float:
+    """This process's peak resident host memory (the kernel's high-water mark, VmHWM), in GiB; the current RSS
+    where /proc is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / GIB  # reported in kB
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss / GIB
+
+
+def parameter_gib(model: torch.nn.Module) -> float:
+    """GiB of parameters this rank holds: its shards under FSDP (DTensor) and ZeRO-3 (ds_tensor), all of them
+    under DDP, packed storage for a quantized base."""
+    total = 0
+    for param in model.parameters():
+        local = getattr(param, "ds_tensor", None)
+        if local is None:
+            local = param.to_local() if hasattr(param, "to_local") else param
+        total += local.numel() * local.element_size()
+    return total / GIB
+
+
 class ThroughputMeter:
     """Tokens/s, step time and MFU, timed per optimizer step so evaluation and saving never count.
 
@@ -224,12 +249,17 @@ _SUMMARY_LABELS = {
     "peak_mem_alloc_gib": "peak GPU memory allocated",
     "peak_mem_reserved_gib": "peak GPU memory reserved",
     "host_rss_gib": "host memory (RSS)",
+    "load_peak_mem_alloc_gib": "peak GPU memory after loading",
+    "weights_gib_per_rank": "weights held by each rank",
+    "host_peak_gib_per_rank": "peak host memory of each rank",
     "wall_time_s": "wall time",
     "saved_to": "model saved to",
 }
 
 
 def _format_summary_value(key: str, value: Any) -> str:
+    if isinstance(value, list):
+        return " | ".join(_format_summary_value(key.removesuffix("_per_rank"), item) for item in value)
     if key == "mfu":
         return f"{value:.1%}"
     if key.endswith("_gib"):

@@ -5,19 +5,17 @@ A randomly initialised model (model.init=random) is written once into the run di
 loaded like any pretrained one: every rank and every strategy starts from the same weights, quantization
 works the same way, and a resumed run finds its frozen base again.
 """
+import math
+import zlib
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..precision import DTYPES
 from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
-
-
-def is_quantized(param: torch.nn.Parameter) -> bool:
-    """Weights packed by bitsandbytes (Params4bit, Int8Params)."""
-    return type(param).__module__.startswith("bitsandbytes")
 
 
 def decoder_layers(model: torch.nn.Module) -> list:
@@ -90,12 +88,16 @@ def load_base_model(cfg, source: str, device: torch.device, compute_dtype: torch
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes while loading onto the device
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.config.use_cache = False  # the KV cache only serves generation
+    disable_cpu_repacking(model)
+    return model
+
+
+def disable_cpu_repacking(model: torch.nn.Module) -> None:
     for module in model.modules():
         # bitsandbytes repacks 4-bit weights in place for a faster CPU inference kernel the first time
         # a module runs in eval mode; evaluation between training steps must see the training layout.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    return model
 
 
 def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
@@ -107,6 +109,7 @@ def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dty
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):
         model = add_lora(model, cfg.method)
+        init_adapters(model, cfg.train.seed)
     if method != "qlora" and not is_partitioned(model):
         model.to(device)
     return model
@@ -121,6 +124,55 @@ def add_lora(model, method_cfg):
     # Adapters are created in fp32 (peft's default) even over a 16-bit base: they are the weights
     # the optimizer updates, and small updates vanish in bf16.
     return get_peft_model(model, lora)
+
+
+def lora_layers(model):
+    """(name, layer) of every peft LoRA layer."""
+    from peft.tuners.lora import LoraLayer
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def init_adapters(model, seed: int) -> None:
+    """Give every LoRA adapter its initial weights as peft does (A: Kaiming-uniform, B: zero), drawn from a
+    generator seeded by the run's seed and the layer's name.
+
+    Every strategy calls this, and the values depend on nothing else: not on the device, on the order layers
+    were built in, or on whether the model was built on the meta device and sharded first (FSDP), so all
+    strategies start from the same adapters.
+    """
+    for name, layer in lora_layers(model):
+        for adapter, lora_a in layer.lora_A.items():
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}.{adapter}".encode()))
+            weight = torch.empty(lora_a.weight.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            copy_full_tensor(lora_a.weight, weight)
+            copy_full_tensor(layer.lora_B[adapter].weight, torch.zeros(layer.lora_B[adapter].weight.shape))
+            for bias in (lora_a.bias, layer.lora_B[adapter].bias):
+                if bias is not None:
+                    copy_full_tensor(bias, torch.zeros(bias.shape))
+
+
+def dora_magnitudes(model) -> None:
+    """DoRA's magnitude vectors, once the base weights are loaded: the norm of each output row of the base
+    weight (B is zero, so the adapted weight is the base), as peft computes them at creation. Under FSDP the
+    magnitude and the weight are split by rows alike, so each rank computes its own rows."""
+    for _, layer in lora_layers(model):
+        for adapter, magnitude in getattr(layer, "lora_magnitude_vector", {}).items():
+            weight = layer.get_base_layer().weight
+            local = weight.to_local() if isinstance(weight, DTensor) else weight
+            target = magnitude.weight.to_local() if isinstance(magnitude.weight, DTensor) else magnitude.weight
+            with torch.no_grad():
+                target.copy_(torch.linalg.norm(local.float(), dim=1))
+
+
+def copy_full_tensor(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a whole tensor that every rank holds into `param`, or into this rank's shard of it (a DTensor)."""
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            # src_data_rank=None: each rank takes its own slice of its own copy, without communicating.
+            full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            param = param.to_local()
+        param.copy_(full)
 
 
 def is_partitioned(model) -> bool:

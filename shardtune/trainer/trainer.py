@@ -24,8 +24,9 @@ from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
 from . import checkpoint, preemption, pruning
-from .metrics import MetricsLogger, ThroughputMeter, flops_per_token, memory_stats, peak_flops
-from .model import build_model, count_parameters, model_source
+from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
+                      peak_flops)
+from .model import count_parameters, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 
@@ -76,13 +77,15 @@ class Trainer:
         # Seeded right before building, after anything one rank does alone: every rank must create the
         # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
         torch.manual_seed(cfg.train.seed)
-        with self.strategy.model_init_context():
-            model = build_model(cfg, source, self.device, self.dtype)
+        model = self.strategy.build_model(source)
         self.model_config = model.config
         self.num_params, self.num_trainable_params = count_parameters(model)
         optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
         self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
                            make_scheduler_factory(cfg.optim, self.total_steps))
+        self.weights_gib = parameter_gib(self.strategy.model)
+        # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
+        self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
         resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume)
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
@@ -98,9 +101,9 @@ class Trainer:
         if self.rank == 0:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
-            log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d", where, cfg.model.name,
-                     weights_origin(cfg.model), f"{self.num_params:,}", f"{self.num_trainable_params:,}",
-                     self.total_steps, self.world_size)
+            log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
+                     "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
+                     f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
 
     def build_data(self) -> None:
         cfg = self.cfg
@@ -244,11 +247,17 @@ class Trainer:
 
     def peak_memory(self) -> dict:
         """Memory statistics of the rank that uses the most (ranks can differ: uneven shards, rank 0's
-        extra work). Collective."""
-        stats = memory_stats(self.device)
+        extra work), and what each rank holds. Collective."""
+        stats = {**memory_stats(self.device), **{f"load_{key}": value for key, value in self.load_memory.items()
+                                                 if key == "peak_mem_alloc_gib"}}
         values = torch.tensor(list(stats.values()), device=self.device, dtype=torch.float64)
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return dict(zip(stats, values.tolist()))
+        per_rank = torch.tensor([self.weights_gib, host_peak_gib()], device=self.device, dtype=torch.float64)
+        gathered = [torch.zeros_like(per_rank) for _ in range(self.world_size)]
+        dist.all_gather(gathered, per_rank)
+        weights, host_peaks = zip(*(rank.tolist() for rank in gathered))
+        return {**dict(zip(stats, values.tolist())), "weights_gib_per_rank": list(weights),
+                "host_peak_gib_per_rank": list(host_peaks)}
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self) -> None:

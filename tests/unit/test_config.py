@@ -299,6 +299,11 @@ REFUSED = [
     (("method=qlora",), {"method.compute_dtype": "bfloat16"}, "method.compute_dtype", "auto, bf16, fp16, fp32"),
     (("method=qlora",), {"method.quant_storage_dtype": "int4"}, "method.quant_storage_dtype", "got 'int4'"),
     (("strategy=fsdp",), {"strategy.reduce_dtype": "fp16"}, "strategy.reduce_dtype", "fp32 or bf16"),
+    # FSDP shards QLoRA's packed 4-bit base: only a 4-bit one, stored in the dtype the all-gather casts to.
+    (("method=qlora", "strategy=fsdp"), {"method.bits": 8}, "method.bits", "strategy=ddp for 8 bits"),
+    (("method=qlora", "strategy=fsdp"), {"method.use_dora": True}, "method.use_dora", "use strategy=ddp"),
+    (("method=qlora", "strategy=fsdp"), {"method.quant_storage_dtype": "bf16"}, "method.quant_storage_dtype",
+     "in the compute dtype (fp32)"),
 ]
 
 
@@ -321,6 +326,8 @@ def test_validate_refuses_naming_the_key(overrides, values, key, fragment):
     (("method=full", "strategy=zero3"), {"strategy.offload_param": True}),
     (("method=qlora",), {"method.bits": 8}),
     (("method=qlora",), {"method.quant_type": "fp4"}),
+    (("method=qlora", "strategy=fsdp"), {"method.quant_storage_dtype": "fp32"}),
+    (("method=qlora", "strategy=ddp"), {"method.use_dora": True}),
 ])
 def test_validate_accepts_the_valid_side_of_each_rule(overrides, values):
     validate(compose_cfg(*overrides, values=values), "cpu", 2)

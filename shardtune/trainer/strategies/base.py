@@ -16,6 +16,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
+from ..model import build_model
+
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -38,6 +40,11 @@ class Strategy:
     def model_init_context(self):
         """Context the model is built in (DeepSpeed ZeRO-3 partitions weights while loading)."""
         return contextlib.nullcontext()
+
+    def build_model(self, source: str) -> torch.nn.Module:
+        """The model of the run's method, its weights from `source`, ready for `wrap`."""
+        with self.model_init_context():
+            return build_model(self.cfg, source, self.device, self.dtype)
 
     def wrap(self, model: torch.nn.Module, make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory) -> None:
         raise NotImplementedError

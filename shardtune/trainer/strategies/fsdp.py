@@ -1,9 +1,8 @@
 """FSDP2: `fully_shard` on every decoder layer, then on the root, with a mixed-precision policy.
 
-Parameters, gradients and optimizer state are sharded over ranks; each layer's weights are
-all-gathered just before it runs. Weights quantized by bitsandbytes are left out of sharding: they
-are frozen, already 4x smaller, and FSDP's flat sharding would separate their packed storage from
-the quantization state that decodes it.
+Parameters, gradients and optimizer state are sharded over ranks; each layer's weights are all-gathered just
+before it runs. The model is sharded before its weights exist (sharded_loading.py): no rank ever holds all of
+it, QLoRA's packed 4-bit base included.
 """
 import contextlib
 
@@ -11,25 +10,36 @@ import torch
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from ...precision import DTYPES
-from ..model import decoder_layers, is_quantized
+from ..model import decoder_layers
+from ..sharded_loading import build_sharded_model
 from .base import Strategy
 
 
 class FSDPStrategy(Strategy):
-    def wrap(self, model, make_optimizer, make_scheduler):
+    def build_model(self, source):
+        # Offloaded shards live in host memory; FSDP copies each layer to the GPU when it runs.
+        param_device = torch.device("cpu") if self.cfg.strategy.cpu_offload else self.device
+        return build_sharded_model(self.cfg, source, self.device, self.dtype, self.shard, param_device)
+
+    def shard(self, model: torch.nn.Module) -> None:
         options = self.cfg.strategy  # reduce_dtype is fp32 or bf16 (launcher/validation.py)
         mixed = self.dtype != torch.float32
+        # A 4-bit base is packed in a storage dtype equal to the compute dtype (validation.py), so casting it to
+        # param_dtype for the all-gather leaves its bits alone.
         shard_options = dict(
             mp_policy=MixedPrecisionPolicy(param_dtype=self.dtype if mixed else None,
                                            reduce_dtype=DTYPES[options.reduce_dtype] if mixed else None),
-            offload_policy=CPUOffloadPolicy() if options.cpu_offload else OffloadPolicy(),
-            ignored_params={p for p in model.parameters() if is_quantized(p)} or None,
+            # Pinned host memory speeds up copies to a GPU; without one there is nothing to pin for.
+            offload_policy=(CPUOffloadPolicy(pin_memory=self.device.type == "cuda") if options.cpu_offload
+                            else OffloadPolicy()),
         )
         for layer in decoder_layers(model):
             fully_shard(layer, reshard_after_forward=options.reshard_after_forward, **shard_options)
         # The root holds embeddings and the head; they are used last in backward, so keep them gathered.
         fully_shard(model, reshard_after_forward=False, **shard_options)
-        self.model = self.module = model
+
+    def wrap(self, model, make_optimizer, make_scheduler):
+        self.model = self.module = model  # sharded by build_model
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
         self.scheduler = make_scheduler(self.optimizer)
 
