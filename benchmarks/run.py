@@ -5,7 +5,8 @@ Run on the GPU machine from the repository root (docs/benchmarks.md has the full
 
 Each shardtune case trains a random-initialised Llama-3.2-1B-shaped model (bf16, seq 2048, micro batch
 4, no activation checkpointing: the baseline's settings) on random tokens for 20 steps; tokens/s comes
-from the median step time of steps 6-20, as the baseline measures it. Prints one JSON line per case.
+from the median step time of steps 6-20, as the baseline measures it. Prints one JSON line per case, with
+the GPU peaks after loading and over the run, and each rank's weights and peak host memory (summary.json).
 """
 import argparse
 import json
@@ -40,14 +41,15 @@ def random_model(size: str) -> str:
     return str(path)
 
 
-def run_shardtune(case: str, size: str, nproc: int, extra: list) -> dict:
+def run_shardtune(case: str, size: str, nproc: int, extra: list, steps: int = STEPS,
+                  micro_batch: int = MICRO_BATCH) -> dict:
     method, strategy = case.split("-", 1)
     output_dir = Path(f"/tmp/bench/{size}-{case}-x{nproc}")
     subprocess.run(["rm", "-rf", str(output_dir)], check=True)
     overrides = [f"model={SHAPES[size]}", f"model.name_or_path={random_model(size)}",
                  "model.tokenizer=${asset:tiny-tokenizer}", f"method={method}", f"strategy={strategy}",
-                 "data=random_tokens", f"data.num_rows={(STEPS + 1) * MICRO_BATCH * nproc}",
-                 f"train.max_steps={STEPS}", f"train.micro_batch_size={MICRO_BATCH}", f"train.seq_len={SEQ_LEN}",
+                 "data=random_tokens", f"data.num_rows={(steps + 1) * micro_batch * nproc}",
+                 f"train.max_steps={steps}", f"train.micro_batch_size={micro_batch}", f"train.seq_len={SEQ_LEN}",
                  "train.log_interval=1", "train.save_final=false", "train.eval_interval=0",
                  f"launcher.nproc_per_node={nproc}", f"output_dir={output_dir}", *extra]
     started = time.time()
@@ -55,14 +57,18 @@ def run_shardtune(case: str, size: str, nproc: int, extra: list) -> dict:
     if result.returncode != 0:
         return {"case": f"shardtune {size}-{case}", "error": (result.stdout + result.stderr)[-3000:]}
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in rows if "step_time_s" in r and r["step"] > WARMUP]
+    steady = [r for r in rows if "step_time_s" in r and r["step"] > min(WARMUP, steps - 2)]
     step_s = statistics.median(r["step_time_s"] for r in steady)
-    tokens_per_s_per_gpu = MICRO_BATCH * SEQ_LEN / step_s
+    tokens_per_s_per_gpu = micro_batch * SEQ_LEN / step_s
+    summary = json.loads((output_dir / "summary.json").read_text())
     mfu = statistics.median(r["mfu"] for r in steady) if "mfu" in steady[0] else None
     return {"case": f"shardtune {size}-{case}" + (f" {' '.join(extra)}" if extra else ""), "gpus": nproc,
             "tokens_per_s_per_gpu": round(tokens_per_s_per_gpu), "step_s": round(step_s, 4),
             "mfu": round(mfu, 3) if mfu else None,
             "peak_mem_gib": max(r.get("peak_mem_alloc_gib", 0) for r in rows),
+            "load_peak_mem_gib": summary.get("load_peak_mem_alloc_gib"),
+            "weights_gib_per_rank": summary.get("weights_gib_per_rank"),
+            "host_peak_gib_per_rank": summary.get("host_peak_gib_per_rank"),
             "first_loss": rows[0]["loss"], "last_loss": [r for r in rows if "loss" in r][-1]["loss"],
             "wall_s": round(time.time() - started, 1)}
 
@@ -82,12 +88,15 @@ def main():
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--baseline", nargs="*", default=[], help="hf_baseline.py cases, e.g. 1b-full 1b-lora")
     parser.add_argument("--extra", nargs="*", default=[], help="extra shardtune overrides for every case")
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--micro-batch", type=int, default=MICRO_BATCH)
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     for case in args.baseline:
         print(json.dumps(run_baseline(case, [])), flush=True)
     for case in args.cases:
-        print(json.dumps(run_shardtune(case, args.size, args.nproc, args.extra)), flush=True)
+        print(json.dumps(run_shardtune(case, args.size, args.nproc, args.extra, args.steps, args.micro_batch)),
+              flush=True)
 
 
 if __name__ == "__main__":
