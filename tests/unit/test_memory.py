@@ -34,6 +34,25 @@ def test_llama31_8b_parameter_count_matches_the_published_size():
     assert counts.trainable == counts.total
 
 
+# The published sizes of the models bigger than one GPU (their model cards): 70.6B, 32.8B, 72.7B.
+@pytest.mark.parametrize("preset,published", [("llama3.1-70b", 70.6e9), ("qwen2.5-32b", 32.8e9), ("qwen2.5-72b", 72.7e9)])
+def test_large_presets_count_their_published_size(preset, published):
+    cfg = compose_cfg(f"model={preset}", "method=full")
+    counts = count_parameters(model_config(cfg.model), cfg.method)
+    assert counts.total == pytest.approx(published, rel=0.01)
+    assert cfg.model.name == preset and cfg.model.architecture.tie_word_embeddings is False
+
+
+def test_qwen_presets_have_biases_on_q_k_v():
+    cfg = compose_cfg("model=qwen2.5-32b", "method=full")
+    config = model_config(cfg.model)
+    h, kv = config.hidden_size, config.num_key_value_heads * config.hidden_size // config.num_attention_heads
+    without_bias = count_parameters(config, cfg.method).total - config.num_hidden_layers * (h + 2 * kv)
+    attention = 2 * h * h + 2 * h * kv
+    per_layer = attention + 3 * h * config.intermediate_size + 2 * h
+    assert without_bias == config.num_hidden_layers * per_layer + 2 * config.vocab_size * h + h
+
+
 def test_llama32_1b_counts_tied_embeddings_once():
     cfg = compose_cfg("model=llama3.2-1b", "method=full")
     counts = count_parameters(model_config(cfg.model), cfg.method)
