@@ -300,12 +300,14 @@ def test_a_directory_without_run_outputs_is_fine(tmp_path):
 
 
 def memory_rows(stdout: str) -> dict:
-    """{component: GiB} from the memory table `shardtune plan` prints."""
+    """{component: GiB} from the first memory table `shardtune plan` prints (per GPU, training step)."""
     rows = {}
     for line in stdout.splitlines():
         match = re.match(r"^(\w+)\s+(\d+\.\d+)\s", line)
         if match:
             rows[match.group(1)] = float(match.group(2))
+            if match.group(1) == "total":
+                break
     return rows
 
 
