@@ -48,6 +48,7 @@ def train(cfg: DictConfig):
 
 
 def plan(cfg: DictConfig) -> None:
+    from .launcher.fit import fit_report
     from .launcher.memory import estimate_memory
     from .launcher.torchrun import plan_launch
     launch = plan_launch(cfg, check_devices=False)
@@ -69,6 +70,7 @@ def plan(cfg: DictConfig) -> None:
         from .trainer.strategies.deepspeed import deepspeed_config
         print("DeepSpeed config:\n" + json.dumps(deepspeed_config(cfg, DTYPES[cfg.train.precision]), indent=2))
     print(estimate_memory(cfg, launch.world_size).format())
+    print(fit_report(cfg, launch.world_size))
 
 
 def data_prepare(cfg: DictConfig) -> None:
