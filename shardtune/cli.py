@@ -2,8 +2,9 @@
 
 train  validate the composed config, write the run directory, start torchrun workers
        (cluster=slurm: write an sbatch script and submit it; one srun task per node runs torchrun)
-plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
-       plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N;
+plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, memory per GPU and per node,
+       whether it fits and what would) and stop; plan for GPUs this machine lacks with launcher.device=cuda
+       launcher.nproc_per_node=N launcher.gpu_memory_gib=G;
        cluster=slurm prints the sbatch script and each node's torchrun line, and submits nothing
 data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
 data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
