@@ -341,9 +341,9 @@ class LauncherConfig:
     machine. Set it where the run's GPUs are not this machine's: cluster=slurm (submitted from a login node, the
     check is skipped without it), or `plan` for GPUs you don't have (e.g. 80 for an 80 GB card)."""
     host_memory_gib: Optional[float] = None
-    """RAM of each node, in GiB, for the memory check and `plan`'s verdict; null = this machine's RAM (with
-    cluster=slurm the host check is skipped without it). Also for machines whose reported RAM is not what a job
-    may use."""
+    """RAM of each node, in GiB, for the memory check and `plan`'s verdict; null = this machine's RAM, where the run's
+    workers are this machine's (with cluster=slurm, or `plan` for GPUs this machine lacks, the host check is skipped
+    without it). Also for machines whose reported RAM is not what a job may use."""
 
 
 @dataclass

@@ -59,9 +59,9 @@ def gpu_memory(cfg) -> Tuple[Optional[int], str]:
     if cfg.launcher.gpu_memory_gib is not None:
         return int(cfg.launcher.gpu_memory_gib * GIB), "launcher.gpu_memory_gib"
     if cfg.cluster.name == "slurm":
-        return None, "the Slurm allocation's GPUs are not this machine's: set launcher.gpu_memory_gib to check them"
+        return None, "the Slurm allocation's GPUs are not this machine's; set launcher.gpu_memory_gib to check them"
     if not torch.cuda.is_available():
-        return None, "no GPU on this machine: set launcher.gpu_memory_gib to check"
+        return None, "no GPU on this machine; set launcher.gpu_memory_gib to check"
     # The driver's device properties, read without creating a CUDA context (measured on an H200: 1 ms, no process
     # on the GPU afterwards). torch then refuses CUDA in processes forked from this one; none needs it (the workers
     # start fresh from torchrun, the tokenizing processes use no GPU).
@@ -73,7 +73,9 @@ def host_memory(cfg) -> Tuple[Optional[int], str]:
     if cfg.launcher.host_memory_gib is not None:
         return int(cfg.launcher.host_memory_gib * GIB), "launcher.host_memory_gib"
     if cfg.cluster.name == "slurm":
-        return None, "the Slurm nodes are not this machine: set launcher.host_memory_gib to check them"
+        return None, "the Slurm nodes are not this machine; set launcher.host_memory_gib to check them"
+    if cfg.launcher.device == "cuda" and not torch.cuda.is_available():  # `plan` for GPUs elsewhere
+        return None, "the run's GPUs are not on this machine, nor its nodes; set launcher.host_memory_gib to check them"
     return psutil.virtual_memory().total, "this machine's RAM"
 
 
@@ -118,17 +120,20 @@ class Verdict:
     def numbers(self) -> str:
         """Peak and capacity per GPU and per node, with where each capacity comes from."""
         estimate, capacity = self.estimate, self.capacity
-        peak = f"peak {estimate.peak_per_gpu / GIB:.1f}"
-        if capacity.gpu_bytes is not None:
-            gpu = f"{peak} of {capacity.gpu_bytes / GIB:.1f} GiB per GPU ({capacity.gpu_source})"
+        if capacity.gpu_source == CPU_WORKERS:  # their training state is in host RAM, counted there
+            gpu = f"world size {self.world_size} ({CPU_WORKERS})"
+        elif capacity.gpu_bytes is None:
+            gpu = (f"peak {estimate.peak_per_gpu / GIB:.1f} GiB per GPU (not checked: {capacity.gpu_source}), "
+                   f"world size {self.world_size}")
         else:
-            gpu = f"{peak} GiB per GPU ({capacity.gpu_source})"
-        host = f"host RAM {estimate.host.total / GIB:.1f}"
-        if capacity.host_bytes is not None:
-            host += f" of {capacity.host_bytes / GIB:.1f} GiB per node ({capacity.host_source})"
+            gpu = (f"peak {estimate.peak_per_gpu / GIB:.1f} of {capacity.gpu_bytes / GIB:.1f} GiB per GPU "
+                   f"({capacity.gpu_source}), world size {self.world_size}")
+        if capacity.host_bytes is None:
+            host = f"host RAM {estimate.host.total / GIB:.1f} GiB per node (not checked: {capacity.host_source})"
         else:
-            host += f" GiB per node ({capacity.host_source})"
-        return f"{gpu}, world size {self.world_size}; {host}"
+            host = (f"host RAM {estimate.host.total / GIB:.1f} of {capacity.host_bytes / GIB:.1f} GiB per node "
+                    f"({capacity.host_source})")
+        return f"{gpu}; {host}"
 
     def summary(self) -> str:
         line = f"fits: {self.word()}, {self.numbers()}"

@@ -153,8 +153,19 @@ def test_without_a_gpu_or_its_size_the_gpu_check_is_skipped_with_a_note(tmp_path
     plan = planned_for_gpus(tmp_path, *QLORA_70B, gpus=2, gpu_gib=None)
     with caplog.at_level(logging.INFO, logger="shardtune"):
         check_memory(plan.config, plan.world_size)
-    assert "memory check of the GPUs skipped: no GPU on this machine: set launcher.gpu_memory_gib" in caplog.text
+    assert "memory check of the GPUs skipped: no GPU on this machine; set launcher.gpu_memory_gib" in caplog.text
     assert fit_report(plan.config, 2).startswith("fits: unknown, ")
+
+
+def test_planning_gpus_elsewhere_checks_this_machines_ram_only_when_asked(tmp_path, no_gpu):
+    # GPUs this machine lacks are on other machines, with their own RAM.
+    plan = planned_for_gpus(tmp_path, "model=llama3.1-8b", "method=full", "strategy=fsdp", "strategy.cpu_offload=true",
+                            gpus=1, gpu_gib=141, host_gib=None)
+    report = fit_report(plan.config, 1)
+    assert report.startswith("fits: yes, peak ") and "GiB per node (not checked: the run's GPUs are not on this " \
+        "machine, nor its nodes; set launcher.host_memory_gib to check them)" in report
+    plan.config.launcher.host_memory_gib = 64.0  # the offloaded fp32 states of 8B need about 120 GiB
+    assert fit_report(plan.config, 1).startswith("fits: no, ")
 
 
 def test_slurm_checks_the_allocation_only_with_its_sizes(tmp_path, no_gpu):
