@@ -2,8 +2,9 @@
 
 train  validate the composed config, write the run directory, start torchrun workers
        (cluster=slurm: write an sbatch script and submit it; one srun task per node runs torchrun)
-plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, per-GPU memory) and stop;
-       plan for GPUs this machine lacks with launcher.device=cuda launcher.nproc_per_node=N;
+plan   print what `train` would run (world size, torchrun command, DeepSpeed JSON, memory per GPU and per node,
+       whether it fits and what would) and stop; plan for GPUs this machine lacks with launcher.device=cuda
+       launcher.nproc_per_node=N launcher.gpu_memory_gib=G;
        cluster=slurm prints the sbatch script and each node's torchrun line, and submits nothing
 data prepare [--rebuild]                      tokenize the data once into the cache (data.cache_dir) ahead of training
 data preview [--split S] [--examples N]       show prepared examples with masked text marked, and the row counts
@@ -48,6 +49,7 @@ def train(cfg: DictConfig):
 
 
 def plan(cfg: DictConfig) -> None:
+    from .launcher.fit import fit_report
     from .launcher.memory import estimate_memory
     from .launcher.torchrun import plan_launch
     launch = plan_launch(cfg, check_devices=False)
@@ -69,6 +71,7 @@ def plan(cfg: DictConfig) -> None:
         from .trainer.strategies.deepspeed import deepspeed_config
         print("DeepSpeed config:\n" + json.dumps(deepspeed_config(cfg, DTYPES[cfg.train.precision]), indent=2))
     print(estimate_memory(cfg, launch.world_size).format())
+    print(fit_report(cfg, launch.world_size))
 
 
 def data_prepare(cfg: DictConfig) -> None:

@@ -331,6 +331,19 @@ class LauncherConfig:
     rdzv_check_timeout_s: float = 60.0
     """Multi-node: before starting torchrun, wait at most this long for the rendezvous endpoint to accept a
     TCP connection, and stop with a clear error if it does not (instead of hanging); 0 skips the check."""
+    memory_check: bool = True
+    """Before any worker starts, `shardtune train` estimates the run's memory (the estimate `shardtune plan` prints)
+    and refuses a run whose peak per GPU exceeds the GPU's memory by more than 10%, or whose host RAM per node
+    exceeds the node's, naming what would fit instead. false starts such a run anyway, with a warning (for a setup
+    where the estimate is known to be pessimistic). CPU workers are checked against host RAM only."""
+    gpu_memory_gib: Optional[float] = None
+    """Memory of each GPU of the run, in GiB, for the memory check and `plan`'s verdict; null = GPU 0 of this
+    machine. Set it where the run's GPUs are not this machine's: cluster=slurm (submitted from a login node, the
+    check is skipped without it), or `plan` for GPUs you don't have (e.g. 80 for an 80 GB card)."""
+    host_memory_gib: Optional[float] = None
+    """RAM of each node, in GiB, for the memory check and `plan`'s verdict; null = this machine's RAM, where the run's
+    workers are this machine's (with cluster=slurm, or `plan` for GPUs this machine lacks, the host check is skipped
+    without it). Also for machines whose reported RAM is not what a job may use."""
 
 
 @dataclass

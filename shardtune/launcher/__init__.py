@@ -3,7 +3,8 @@
 validation.py  the cross-field rules, each error naming the key
 torchrun.py    plan_launch (this machine's device, workers and precision; no side effects), the torchrun command,
                writing the run's config.yaml
-memory.py      the per-GPU memory estimate of `shardtune plan`
+memory.py      the memory estimate of `shardtune plan`: per GPU (training step, loading) and host RAM per node
+fit.py         whether a run fits its GPUs and hosts: `plan`'s verdict, `train`'s refusal, what would fit instead
 launch.py      `shardtune train` and a sweep's trial: plan, tokenize the data once, write the config, then start
                torchrun or submit the Slurm job
 """

@@ -10,6 +10,7 @@ from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
 from ..data.pipeline import format_report
 from ..run_dir import PREEMPTED_MARKER
+from .fit import check_memory
 from .model_check import check_model
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
 from .validation import validate_split_sizes
@@ -28,10 +29,12 @@ def tokenize_data(cfg: DictConfig, rebuild: bool = False):
 
 
 def prepare_run(cfg: DictConfig) -> LaunchPlan:
-    """Everything before the workers start: plan, refuse to clobber an earlier run, check that node 0 is reachable,
-    tokenize the data (once per cluster, on node 0) and write the run's config."""
+    """Everything before the workers start: plan, refuse a run that cannot fit its memory, refuse to clobber an
+    earlier run, check that node 0 is reachable, tokenize the data (once per cluster, on node 0) and write the
+    run's config."""
     plan = plan_launch(cfg)
     cfg = plan.config
+    check_memory(cfg, plan.world_size)  # a run that cannot fit stops here, before the data work and any worker
     refuse_existing_run(cfg, plan.output_dir)  # before the data work, which may take a while
     if cfg.cluster.name == "local":
         check_rendezvous_reachable(cfg.launcher, log)  # other nodes: fail clearly rather than hang in torchrun

@@ -1,14 +1,15 @@
-"""Per-GPU memory estimate for `shardtune plan`, from the config alone.
+"""Memory estimate for `shardtune plan` and the launcher's memory check, from the config alone.
 
 Owns: reading the model's config (`model_config`: a pretrained model's own, or model.architecture) and
-shape, counting parameters without allocating weights (`count_parameters`, on the meta device), and turning (method, strategy, precision, batch shape,
-world size) into bytes per GPU (`estimate_memory` -> `MemoryEstimate`). Nothing here loads weights
-or touches a GPU; the numbers are a planning aid built from published rules of thumb, not a
-measurement.
+shape, counting parameters without allocating weights (`count_parameters`, on the meta device), and turning
+(method, strategy, precision, batch shape, world size, nodes) into bytes (`estimate_memory` -> `MemoryEstimate`):
+per GPU during a training step, per GPU while the model loads, and host RAM per node. Nothing here loads weights
+or touches a GPU; the numbers are a planning aid built from published rules of thumb and a few measurements, not
+a measurement.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
+from ..trainer.model import decoder_layers
 
 GIB = 1024**3
 ADAM_STATES_BYTES = 8  # exp_avg + exp_avg_sq, both fp32
@@ -43,6 +45,24 @@ SCORE_MATRIX_FACTOR = 5
 # Measured 12 B per logit on an H100 with transformers' loss.
 LOGITS_BYTES_PER_ELEMENT = 12
 ATTENTION_KEEPING_SCORES = {"eager"}
+# FSDP2 as the FSDP strategy wraps it (trainer/strategies/fsdp.py) keeps whole copies of some parameters in the
+# compute dtype on top of its shards: the root module (embeddings, final norm, head; reshard_after_forward=False
+# there) for the whole step, and the decoder layer that runs plus the next one, prefetched. ZeRO-3 likewise
+# gathers the layer in use and prefetches the next.
+GATHERED_LAYERS = 2
+# Loading a QLoRA base: each rank reads one whole 16-bit linear weight and bitsandbytes quantizes it on the GPU;
+# the input, the packed output and the quantizer's temporaries are alive together, about 1.5 x the input
+# (an allowance to check against measured load peaks).
+QUANTIZING_FACTOR = 1.5
+# Host RAM of one worker before any model or data: measured 1.3 GiB on an H200 node (RSS after importing torch
+# 2.11, transformers and peft, the CUDA context, an NCCL process group and a matmul), rounded up for datasets, the
+# tokenized data and DeepSpeed or bitsandbytes where used. A CPU worker: 0.5 GiB measured after importing torch,
+# transformers, peft and datasets, rounded up likewise.
+WORKER_BASELINE_BYTES = {"cuda": 2 * GIB, "cpu": 1 * GIB}
+LAUNCHER_BYTES = 1 * GIB  # the launcher (it tokenizes the data) and torchrun's agent, once per node
+# DeepSpeed's ZeRO-Offload keeps per trainable parameter the fp32 master, both AdamW states and an fp32 copy of
+# the gradient in host memory, where DeepSpeedCPUAdam steps them.
+OFFLOADED_OPTIMIZER_BYTES = MASTER_COPY_BYTES + ADAM_STATES_BYTES + 4
 
 
 # --------------------------------------------------------------------------- model shape
@@ -93,6 +113,20 @@ class ModelShape:
     """What the estimate needs from the module tree, without any weights."""
     num_parameters: int  # every parameter once (tied embeddings counted once)
     linear_layers: Tuple[LinearLayer, ...]  # every nn.Linear except the output head
+    num_layers: int = 0  # decoder layers: the units FSDP shards and gathers (0 where none are found)
+    layer_parameters: int = 0  # parameters of one decoder layer (the largest)
+    layer_linear_weights: int = 0  # the linear weights of one decoder layer: what bitsandbytes quantizes in it
+    largest_tensor: int = 0  # elements of the largest parameter (the embedding or head of these models)
+
+    @property
+    def root_parameters(self) -> int:
+        """Parameters outside the decoder layers: embeddings, final norm, head (FSDP's root module)."""
+        return self.num_parameters - self.num_layers * self.layer_parameters
+
+    @property
+    def largest_linear(self) -> int:
+        """Elements of the largest linear weight but the head (the MLP's up/down projections)."""
+        return max((layer.in_features * layer.out_features for layer in self.linear_layers), default=0)
 
 
 _SHAPES: Dict[str, ModelShape] = {}  # keyed by the config's JSON: plan and tests ask repeatedly
@@ -110,8 +144,23 @@ def model_shape(config: PretrainedConfig, trust_remote_code: bool = False) -> Mo
             for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and module is not head
         )
-        _SHAPES[key] = ModelShape(sum(p.numel() for p in model.parameters()), linear_layers)
+        try:
+            layers = decoder_layers(model)  # the same units the FSDP strategy shards
+        except ValueError:  # an architecture without _no_split_modules: FSDP would refuse it; DDP sizes it fine
+            layers = []
+        _SHAPES[key] = ModelShape(
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            linear_layers=linear_layers,
+            num_layers=len(layers),
+            layer_parameters=max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0),
+            layer_linear_weights=max((_linear_weights(layer) for layer in layers), default=0),
+            largest_tensor=max(p.numel() for p in model.parameters()),
+        )
     return _SHAPES[key]
+
+
+def _linear_weights(module: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
 def adapter_parameter_count(shape: ModelShape, method_cfg) -> int:
@@ -131,11 +180,8 @@ def adapter_parameter_count(shape: ModelShape, method_cfg) -> int:
         )
         if not adapted:
             raise ConfigError("method.target_modules", f"{targets} matches no linear layer of the model")
-    dora_magnitude = 1 if method_cfg.use_dora else 0
-    return sum(
-        method_cfg.rank * (layer.in_features + layer.out_features) + dora_magnitude * layer.out_features
-        for layer in adapted
-    )
+    rank, dora_magnitude = method_cfg.rank, 1 if method_cfg.use_dora else 0  # read once: config nodes are slow
+    return sum(rank * (layer.in_features + layer.out_features) + dora_magnitude * layer.out_features for layer in adapted)
 
 
 @dataclass(frozen=True)
@@ -156,27 +202,54 @@ def count_parameters(config: PretrainedConfig, method_cfg, trust_remote_code: bo
 
 
 @dataclass
+class MemoryTable:
+    """A small table of bytes (per GPU or per node): one row per component with a note saying what it assumes."""
+    title: str
+    unit: str  # the column's heading: GiB/GPU or GiB/node
+    rows: List[Tuple[str, int, str]]  # (component, bytes, what it assumes)
+    total: int
+    total_note: str
+
+    def bytes_of(self, name: str) -> int:
+        return next(num_bytes for row_name, num_bytes, _ in self.rows if row_name == name)
+
+    def format(self) -> str:
+        return _format_table(self.title, self.unit, [(name, num_bytes / GIB, note) for name, num_bytes, note in self.rows]
+                             + [("total", self.total / GIB, self.total_note)])
+
+
+@dataclass
 class MemoryEstimate:
-    """Bytes per GPU, one field per component, and a note per component saying what it assumes."""
+    """Bytes per GPU in the steady state of training, one field per component, and a note per component saying
+    what it assumes; then the peak per GPU while the model loads (`load`) and the host RAM per node (`host`)."""
     weights: int
     grads: int
     optimizer: int
+    gathered: int
     activations: int
     logits: int
     cuda_context: int
+    load: MemoryTable
+    host: MemoryTable
     notes: Dict[str, str] = field(default_factory=dict)
     summary: str = ""
     num_parameters: int = 0
     num_trainable_parameters: int = 0
 
-    COMPONENTS = ("weights", "grads", "optimizer", "activations", "logits", "cuda_context")
+    COMPONENTS = ("weights", "grads", "optimizer", "gathered", "activations", "logits", "cuda_context")
 
     @property
     def total(self) -> int:
+        """The steady state: bytes per GPU during a training step."""
         return sum(getattr(self, name) for name in self.COMPONENTS)
 
+    @property
+    def peak_per_gpu(self) -> int:
+        """What a GPU must hold at its fullest: while the model loads or while it trains."""
+        return max(self.load.total, self.total)
+
     def rows(self) -> List[Tuple[str, float, str]]:
-        """(component, GiB per GPU, what it assumes), ending with the total."""
+        """(component, GiB per GPU, what it assumes) of the steady state, ending with the total."""
         rows = [(name, getattr(self, name) / GIB, self.notes.get(name, "")) for name in self.COMPONENTS]
         # Summing is conservative: with set_to_none, gradients fill in as backward frees activations;
         # DDP's gradient buckets and gradient accumulation keep them all alive, though.
@@ -184,12 +257,22 @@ class MemoryEstimate:
 
     def format(self) -> str:
         lines = [self.summary] if self.summary else []
-        lines.append(f"{'component':<13} {'GiB/GPU':>8}  assumes")
-        for name, gib, note in self.rows():
-            if name == "total":
-                lines.append("-" * 13 + " " + "-" * 8)
-            lines.append(f"{name:<13} {gib:>8.2f}  {note}")
+        lines.append(_format_table("per GPU, training step (steady state)", "GiB/GPU", self.rows()))
+        lines.append(self.load.format())
+        lines.append(self.host.format())
+        which = "loading" if self.load.total > self.total else "training step"
+        lines.append(f"peak per GPU: {self.peak_per_gpu / GIB:.2f} GiB (the larger of loading and the training step: "
+                     f"{which}); host RAM per node: {self.host.total / GIB:.2f} GiB")
         return "\n".join(lines)
+
+
+def _format_table(title: str, unit: str, rows: List[Tuple[str, float, str]]) -> str:
+    lines = [title, f"{'component':<13} {unit:>8}  assumes"]
+    for name, gib, note in rows:
+        if name == "total":
+            lines.append("-" * 13 + " " + "-" * 8)
+        lines.append(f"{name:<13} {gib:>8.2f}  {note}")
+    return "\n".join(lines)
 
 
 def _dtype_name(value: str, key: str) -> str:
@@ -198,61 +281,101 @@ def _dtype_name(value: str, key: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every component is computed from: the config and the facts derived from it once."""
+    cfg: Any
+    world_size: int
+    ranks_per_node: int
+    device: str  # cuda, or cpu for CPU workers (their "GPU" memory is host memory)
+    precision: str  # bf16, fp16 or fp32
+    compute_bytes: int
+    shape: ModelShape
+    counts: ParameterCounts
+    kind: str  # ddp, fsdp or deepspeed
+    shard: Sharding
+    # DeepSpeed's bf16/fp16 modes cast the whole module to 16-bit and keep fp32 masters inside the
+    # optimizer; DDP and FSDP2 keep fp32 parameters (they are the masters) and cast for compute.
+    deepspeed_16bit: bool
+
+    @property
+    def method(self):
+        return self.cfg.method
+
+    @property
+    def trainable_bytes(self) -> int:
+        return 2 if self.deepspeed_16bit else 4
+
+    @property
+    def load_bytes(self) -> int:
+        """Bytes per parameter of the model as the trainer loads it: fp32 masters for a full fine-tune, the compute
+        dtype for a frozen LoRA base (trainer/model.py load_dtype)."""
+        return 4 if self.method.name == "full" else self.compute_bytes
+
+    def node_share(self, num_bytes: int) -> int:
+        """This node's part of `num_bytes` split evenly over the world's ranks."""
+        return num_bytes * self.ranks_per_node // self.world_size
+
+
 def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
-    """Per-GPU memory of training `cfg` data-parallel over `world_size` GPUs."""
+    """Memory of training `cfg` data-parallel over `world_size` ranks: per GPU (training step and loading) and
+    host RAM per node (cfg.launcher.nnodes nodes)."""
     if world_size < 1:
         raise ValueError(f"world_size={world_size}: needs at least one GPU")
     # `plan` is about GPU memory, where auto means bf16.
     precision = "bf16" if cfg.train.precision == "auto" else _dtype_name(cfg.train.precision, "train.precision")
     compute_bytes = bytes_per_element(precision)
-    method = cfg.method
     config = model_config(cfg.model)
-    counts = count_parameters(config, method, cfg.model.trust_remote_code)
+    counts = count_parameters(config, cfg.method, cfg.model.trust_remote_code)
     strategy = strategy_spec(cfg.strategy)
-    shard = strategy.sharding(cfg.strategy, world_size)
-    # DeepSpeed's bf16/fp16 modes cast the whole module to 16-bit and keep fp32 masters inside the
-    # optimizer; DDP and FSDP2 keep fp32 parameters (they are the masters) and cast for compute.
-    deepspeed_16bit = strategy.kind == "deepspeed" and compute_bytes == 2
-    trainable_bytes = 2 if deepspeed_16bit else 4
+    run = _Run(cfg=cfg, world_size=world_size, ranks_per_node=max(1, world_size // max(1, cfg.launcher.nnodes)),
+               device="cpu" if cfg.launcher.device == "cpu" else "cuda", precision=precision,
+               compute_bytes=compute_bytes, shape=model_shape(config, cfg.model.trust_remote_code), counts=counts,
+               kind=strategy.kind, shard=strategy.sharding(cfg.strategy, world_size),
+               deepspeed_16bit=strategy.kind == "deepspeed" and compute_bytes == 2)
+    shard, method = run.shard, cfg.method
 
     # Under DDP a full fine-tune keeps fp32 parameters and autocast computes in 16-bit: the hidden
     # states between layers stay fp32, and autocast's 16-bit weight copies are saved for backward
     # (with checkpointing they are recomputed per layer instead).
-    ddp_autocast_full = method.name == "full" and strategy.kind == "ddp" and compute_bytes == 2
-    weights, weights_note = _weights(method, counts, strategy.kind, shard, compute_bytes, trainable_bytes, precision)
+    ddp_autocast_full = method.name == "full" and run.kind == "ddp" and compute_bytes == 2
+    weights, weights_note = _weights(run)
     if ddp_autocast_full and not cfg.train.activation_checkpointing:
         weights += counts.total * 2
         weights_note += "; + 2 B/param autocast copies held until backward"
+    trainable_bytes = run.trainable_bytes
     grads = 0 if shard.grads_offloaded else counts.trainable * trainable_bytes // shard.grads
     grads_note = (
         "in host memory (FSDP cpu_offload)" if shard.grads_offloaded
         else f"{_count(counts.trainable)} trainable x {trainable_bytes} B "
-        f"({'DeepSpeed 16-bit grads' if deepspeed_16bit else 'fp32, reduced in fp32'})"
-        + _placement(shard.grads)
+        f"({'DeepSpeed 16-bit grads' if run.deepspeed_16bit else 'fp32, reduced in fp32'})"
+        + _placement(shard.grads, world_size)
     )
-    optimizer_bytes = ADAM_STATES_BYTES + (MASTER_COPY_BYTES if deepspeed_16bit else 0)
+    optimizer_bytes = ADAM_STATES_BYTES + (MASTER_COPY_BYTES if run.deepspeed_16bit else 0)
     if shard.optimizer_offloaded:
         optimizer, optimizer_note = 0, "AdamW states and fp32 masters in host memory (CPU optimizer step)"
     else:
         optimizer = counts.trainable * optimizer_bytes // shard.optimizer
         optimizer_note = (
-            f"AdamW: 2 fp32 states{' + fp32 master copy' if deepspeed_16bit else ''} = {optimizer_bytes} B/param"
-            + _placement(shard.optimizer)
+            f"AdamW: 2 fp32 states{' + fp32 master copy' if run.deepspeed_16bit else ''} = {optimizer_bytes} B/param"
+            + _placement(shard.optimizer, world_size)
         )
+    gathered, gathered_note = _gathered(run)
     activations, activations_note = _activations(config, cfg, precision, ddp_autocast_full or compute_bytes == 4)
     logits = cfg.train.micro_batch_size * cfg.train.seq_len * config.vocab_size * LOGITS_BYTES_PER_ELEMENT
     logits_note = (
         f"b*s*vocab*{LOGITS_BYTES_PER_ELEMENT} B: fp32 log-softmax + its gradients in the loss (vocab "
         f"{config.vocab_size}); often the largest term for big vocabularies"
     )
+    steady = weights + grads + optimizer + gathered + activations + logits + CUDA_CONTEXT_BYTES
     method_text = method.name if method.name == "full" else f"{method.name} r={method.rank}"
     if method.name == "qlora":
         method_text += f" {method.bits}-bit"
     return MemoryEstimate(
-        weights=weights, grads=grads, optimizer=optimizer, activations=activations, logits=logits,
-        cuda_context=CUDA_CONTEXT_BYTES,
+        weights=weights, grads=grads, optimizer=optimizer, gathered=gathered, activations=activations, logits=logits,
+        cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run), host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES),
         notes={
-            "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note,
+            "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note, "gathered": gathered_note,
             "activations": activations_note, "logits": logits_note,
             "cuda_context": "fixed allowance: CUDA context, cuBLAS/NCCL workspaces",
         },
@@ -266,52 +389,201 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
     )
 
 
-def _weights(method, counts: ParameterCounts, kind: str, shard: Sharding, compute_bytes: int, trainable_bytes: int,
-             precision: str):
-    """Bytes of parameters resident on one GPU, and the note saying why."""
-    if shard.weights_offloaded and kind == "deepspeed":
-        return 0, "~0: offload_param keeps parameters in host memory; only the layers in use are gathered"
+def _parameter_bytes(run: _Run, trainable_bytes: int) -> Tuple[int, str]:
+    """Bytes of every parameter of the model, unsharded, as the strategy keeps them (the trainable ones in
+    `trainable_bytes` each), and what they are."""
+    method, counts = run.method, run.counts
     if method.name == "full":
-        if compute_bytes == 4:
+        if run.compute_bytes == 4:
             kind = "fp32"
         elif trainable_bytes == 2:
             kind = "16-bit (DeepSpeed; its fp32 masters are under optimizer)"
         else:
             kind = "fp32 parameters, the masters (cast to 16-bit for compute)"
-        return _resident(counts.total * trainable_bytes, shard), (
-            f"{_count(counts.total)} x {trainable_bytes} B {kind}" + _placement(shard.weights, shard.weights_offloaded)
-        )
+        return counts.total * trainable_bytes, f"{_count(counts.total)} x {trainable_bytes} B {kind}"
     adapters = counts.trainable * trainable_bytes
     adapters_text = f"adapters in {'16-bit' if trainable_bytes == 2 else 'fp32'}"
     if method.name == "lora":
-        return _resident(counts.total * compute_bytes + adapters, shard), (
-            f"frozen base in {precision} + {adapters_text}" + _placement(shard.weights, shard.weights_offloaded)
-        )
+        return counts.total * run.compute_bytes + adapters, f"frozen base in {run.precision} + {adapters_text}"
     # qlora: bitsandbytes quantizes every linear weight but the output head; embeddings, norms,
     # biases and the head stay in the compute dtype.
-    if method.compute_dtype == "auto":
-        compute_name = precision
-    else:
-        compute_name = _dtype_name(method.compute_dtype, "method.compute_dtype")
-    unquantized = (counts.total - counts.quantizable) * bytes_per_element(compute_name)
-    if method.bits == 4:
-        bits = 4 + QUANT_CONSTANT_BITS[bool(method.double_quant)]
-    elif method.bits == 8:
-        bits = 8  # LLM.int8 adds one fp32 scale per output row: negligible
-    else:
-        raise ValueError(f"method.bits={method.bits}: expected 4 or 8")
+    unquantized = (counts.total - counts.quantizable) * bytes_per_element(_qlora_compute_dtype(run))
+    bits = _quantized_bits(method)
     quantized = int(counts.quantizable * bits / 8)
-    base_text = f"{method.bits}-bit linear weights ({bits:.3g} bits each)"
-    rest_text = f"embeddings/norms/head in {compute_name} + {adapters_text}"
-    if kind == "fsdp":
-        # FSDP2 does not shard bitsandbytes' packed weights here, so every GPU keeps the whole
-        # quantized base; only the adapters and the unquantized rest are split.
-        return quantized + _resident(unquantized + adapters, shard), (
-            f"{base_text} replicated; {rest_text}" + _placement(shard.weights, shard.weights_offloaded)
-        )
-    return _resident(quantized + unquantized + adapters, shard), (
-        f"{base_text}, {rest_text}" + _placement(shard.weights, shard.weights_offloaded)
+    return quantized + unquantized + adapters, (
+        f"{method.bits}-bit linear weights ({bits:.3g} bits each), embeddings/norms/head in "
+        f"{_qlora_compute_dtype(run)} + {adapters_text}"
     )
+
+
+def _qlora_compute_dtype(run: _Run) -> str:
+    if run.method.compute_dtype == "auto":
+        return run.precision
+    return _dtype_name(run.method.compute_dtype, "method.compute_dtype")
+
+
+def _quantized_bits(method) -> float:
+    """Bits per quantized weight, the quantization constants included."""
+    if method.bits == 4:
+        return 4 + QUANT_CONSTANT_BITS[bool(method.double_quant)]
+    if method.bits == 8:
+        return 8  # LLM.int8 adds one fp32 scale per output row: negligible
+    raise ValueError(f"method.bits={method.bits}: expected 4 or 8")
+
+
+def _weights(run: _Run) -> Tuple[int, str]:
+    """Bytes of parameters resident on one GPU, and the note saying why. Every strategy shards all of them, the
+    quantized QLoRA base included (under FSDP each rank keeps its shard of the packed 4-bit storage)."""
+    shard = run.shard
+    if shard.weights_offloaded and run.kind == "deepspeed":
+        return 0, "~0: offload_param keeps parameters in host memory; only the layers in use are gathered"
+    num_bytes, note = _parameter_bytes(run, run.trainable_bytes)
+    return _resident(num_bytes, shard), note + _placement(shard.weights, run.world_size, shard.weights_offloaded)
+
+
+def _gathered(run: _Run) -> Tuple[int, str]:
+    """Whole (unsharded) parameters a sharding strategy keeps on the GPU during a step, on top of its shards."""
+    shape = run.shape
+    layers = min(GATHERED_LAYERS, shape.num_layers)
+    dtype = "16-bit" if run.compute_bytes == 2 else "fp32"
+    if run.kind == "fsdp":
+        layers_text = f"{layers} decoder layers (the one running + the next, prefetched)"
+        if not run.cfg.strategy.reshard_after_forward:  # each layer stays gathered from its forward to its backward
+            layers, layers_text = shape.num_layers, "every decoder layer (reshard_after_forward=false)"
+        root = shape.root_parameters * run.compute_bytes
+        # Each layer's gradients are whole, in the reduce dtype, until its reduce-scatter.
+        reduce_bytes = 4 if run.compute_bytes == 4 or run.cfg.strategy.reduce_dtype == "fp32" else 2
+        layer_grads = _layer_trainable(run) * reduce_bytes
+        return root + layers * _gathered_layer_bytes(run) + layer_grads, (
+            f"FSDP2: root (embeddings, norm, head) kept whole all step + {layers_text}, in {dtype}; + one layer's "
+            f"gradients before their reduce-scatter"
+        )
+    if run.kind == "deepspeed" and run.cfg.strategy.stage == 3:
+        head = shape.largest_tensor * run.compute_bytes
+        return head + layers * _gathered_layer_bytes(run), (
+            f"ZeRO-3: {layers} decoder layers (in use + prefetched) + the largest tensor (embedding/head) gathered, "
+            f"in {dtype}"
+        )
+    return 0, f"none: {run.cfg.strategy.name} keeps its parameters whole already (under weights)"
+
+
+def _layer_trainable(run: _Run) -> int:
+    """Trainable parameters of one decoder layer: all of them for a full fine-tune, else its share of the
+    adapters."""
+    if run.method.name == "full":
+        return run.shape.layer_parameters
+    return run.counts.trainable // max(1, run.shape.num_layers)
+
+
+def _gathered_layer_bytes(run: _Run) -> int:
+    """One decoder layer all-gathered for compute: in the compute dtype, or packed for a QLoRA base, which
+    dequantizes one linear weight at a time for its matmul."""
+    shape, compute = run.shape, run.compute_bytes
+    adapters = 0 if run.method.name == "full" else _layer_trainable(run) * compute
+    if run.method.name != "qlora":
+        return shape.layer_parameters * compute + adapters
+    quantized = int(shape.layer_linear_weights * _quantized_bits(run.method) / 8)
+    unquantized = (shape.layer_parameters - shape.layer_linear_weights) * compute
+    return quantized + unquantized + adapters + shape.largest_linear * compute
+
+
+def _load_peak(run: _Run) -> MemoryTable:
+    """Bytes on one GPU while the model loads, before the optimizer, gradients or activations exist."""
+    weights, weights_note = _load_weights(run)
+    transient, transient_note = _load_transient(run)
+    rows = [("weights", weights, weights_note), ("transient", transient, transient_note),
+            ("cuda_context", CUDA_CONTEXT_BYTES, "fixed allowance, as above")]
+    return MemoryTable("per GPU, while the model loads", "GiB/GPU", rows, weights + transient + CUDA_CONTEXT_BYTES,
+                       "sum of the rows")
+
+
+def _load_weights(run: _Run) -> Tuple[int, str]:
+    if run.kind == "deepspeed" and run.cfg.strategy.stage < 3:
+        # The trainer moves the whole loaded model to the GPU; DeepSpeed casts it to 16-bit afterwards.
+        return run.counts.total * run.load_bytes, (
+            f"the whole model in {'fp32' if run.load_bytes == 4 else run.precision}, moved to the GPU before DeepSpeed "
+            f"casts it to 16-bit"
+        )
+    if run.kind == "ddp":
+        num_bytes, note = _parameter_bytes(run, 4)  # the adapters (fp32) are added before the model moves
+        return num_bytes, note + "; every rank loads the whole model"
+    weights, _ = _weights(run)  # FSDP and ZeRO-3 load straight into each rank's shards
+    return weights, "this rank's shards, as under weights above (loaded straight into them)"
+
+
+def _load_transient(run: _Run) -> Tuple[int, str]:
+    """A whole tensor passing through the GPU on its way into the shards (or into the quantized base)."""
+    linear = run.shape.largest_linear * run.compute_bytes
+    if run.method.name == "qlora" and run.kind in ("fsdp", "ddp"):
+        return int(linear * QUANTIZING_FACTOR), (
+            f"one 16-bit linear weight quantized on the GPU (x{QUANTIZING_FACTOR}: input, packed output, temporaries)"
+        )
+    if run.kind == "fsdp":
+        return linear, "one linear weight read whole before its slices go to their ranks"
+    if run.kind == "deepspeed" and run.cfg.strategy.stage == 3:
+        return run.shape.largest_tensor * run.compute_bytes, (
+            "the largest tensor (embedding/head) gathered while transformers copies it in (zero.Init)"
+        )
+    return 0, "none: the model moves to the GPU one tensor at a time"
+
+
+def _host_per_node(run: _Run, steady_without_context: int) -> MemoryTable:
+    """Host RAM of one node: its processes, the model copies its ranks hold while loading, and the training
+    state offloaded to it (CPU workers: their whole training state)."""
+    processes = run.ranks_per_node * WORKER_BASELINE_BYTES[run.device] + LAUNCHER_BYTES
+    loading, loading_note = _host_loading(run)
+    offloaded, offloaded_note = _host_offloaded(run)
+    rows = [("processes", processes, f"{run.ranks_per_node} worker(s) x {WORKER_BASELINE_BYTES[run.device] / GIB:.0f} "
+                                     f"GiB (Python, torch, {'CUDA, NCCL, ' if run.device == 'cuda' else ''}libraries) "
+                                     f"+ {LAUNCHER_BYTES / GIB:.0f} GiB launcher and torchrun"),
+            ("loading", loading, loading_note), ("offloaded", offloaded, offloaded_note)]
+    training = 0
+    if run.device == "cpu":
+        training = run.ranks_per_node * steady_without_context
+        rows.append(("training", training, "CPU workers: each one's training step (the first table) is in host "
+                                           "memory"))
+    # The copies made while loading are gone (moved to the GPU, or read into their shards) before the first
+    # optimizer step creates the offloaded states; CPU workers train in the memory they loaded into.
+    total = processes + max(loading, offloaded + training)
+    return MemoryTable(f"host RAM per node ({run.ranks_per_node} worker(s))", "GiB/node", rows, total,
+                       "processes + the larger of loading and the rest (loading ends before training starts)")
+
+
+def _host_loading(run: _Run) -> Tuple[int, str]:
+    ranks, method = run.ranks_per_node, run.method
+    one_tensor = run.shape.largest_linear * run.compute_bytes
+    if run.kind == "fsdp" or (run.kind == "ddp" and method.name == "qlora"):
+        where = "its shards go to the GPU" if run.kind == "fsdp" else "bitsandbytes quantizes it onto the GPU"
+        return ranks * one_tensor, f"each rank reads one linear weight at a time; {where}"
+    dtype = "fp32" if run.load_bytes == 4 else run.precision
+    if run.kind == "deepspeed" and run.cfg.strategy.stage == 3:
+        return run.counts.total * run.load_bytes, (
+            f"about one copy of the model in {dtype} on the node: zero.Init partitions it while loading"
+        )
+    adapters = run.counts.trainable * 4 if method.name != "full" else 0  # peft adds them before the model moves
+    copy = run.counts.total * run.load_bytes + adapters
+    return ranks * copy, f"each of the {ranks} rank(s) loads the whole model in {dtype} into host memory first"
+
+
+def _host_offloaded(run: _Run) -> Tuple[int, str]:
+    """The node's share of the training state offloaded to host memory."""
+    counts, shard = run.counts, run.shard
+    share = f"this node's {run.ranks_per_node} of {run.world_size} shares"
+    if run.kind == "fsdp" and run.cfg.strategy.cpu_offload:
+        parameters, _ = _parameter_bytes(run, 4)
+        state = parameters + counts.trainable * (4 + ADAM_STATES_BYTES)
+        return run.node_share(state), f"FSDP cpu_offload: parameters, fp32 gradients and AdamW states; {share}"
+    offloaded, parts = 0, []
+    if run.kind == "deepspeed" and shard.optimizer_offloaded:
+        offloaded += counts.trainable * OFFLOADED_OPTIMIZER_BYTES
+        parts.append(f"fp32 masters, AdamW states and fp32 gradients ({OFFLOADED_OPTIMIZER_BYTES} B/param)")
+    if run.kind == "deepspeed" and shard.weights_offloaded:
+        parameters, _ = _parameter_bytes(run, run.trainable_bytes)
+        offloaded += parameters
+        parts.append(f"{run.trainable_bytes * 8}-bit parameters")
+    if not parts:
+        return 0, "none: nothing is offloaded"
+    return run.node_share(offloaded), f"DeepSpeed offload: {' + '.join(parts)}; {share}"
 
 
 def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool) -> Tuple[int, str]:
@@ -340,10 +612,12 @@ def _resident(num_bytes: int, shard: Sharding) -> int:
     return 0 if shard.weights_offloaded else num_bytes // shard.weights
 
 
-def _placement(ways: int, offloaded: bool = False) -> str:
+def _placement(ways: int, world_size: int, offloaded: bool = False) -> str:
     if offloaded:
         return "; in host memory (cpu_offload)"
-    return f"; split over {ways} GPUs" if ways > 1 else "; replicated"
+    if ways > 1:
+        return f"; split over {ways} GPUs"
+    return "; replicated" if world_size > 1 else ""
 
 
 def _count(n: int) -> str:

@@ -36,7 +36,7 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
     _validate_cluster(cfg.cluster)  # first: cluster=slurm derives launcher fields from it
-    _validate_launcher(cfg.launcher)
+    _validate_launcher(cfg.launcher, device_type)
     if cfg.logger.name not in ("none", "wandb"):
         raise ConfigError("logger.name", f"unknown logger {cfg.logger.name!r}; choose none or wandb")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).is_dir():
@@ -52,7 +52,13 @@ def _validate_schema(cfg) -> None:
         raise ConfigError(error.full_key or "config", f"not accepted by the schema: {str(error).splitlines()[0]}") from error
 
 
-def _validate_launcher(launcher) -> None:
+def _validate_launcher(launcher, device_type: str) -> None:
+    for key in ("gpu_memory_gib", "host_memory_gib"):
+        if launcher[key] is not None and launcher[key] <= 0:
+            raise ConfigError(f"launcher.{key}", f"must be > 0 (GiB), or null for this machine's; got {launcher[key]}")
+    if launcher.gpu_memory_gib is not None and device_type == "cpu":
+        logging.getLogger("shardtune").warning("launcher.gpu_memory_gib is ignored: the run has CPU workers, whose "
+                                               "memory is the host's (launcher.host_memory_gib)")
     if launcher.nnodes < 1:
         raise ConfigError("launcher.nnodes", f"must be >= 1, got {launcher.nnodes}")
     if not 0 <= launcher.node_rank < launcher.nnodes:

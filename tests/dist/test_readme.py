@@ -198,6 +198,11 @@ TABLE = {
     "shardtune plan ...": Run(expect=("world size: 2", "command: ", "GiB/GPU")),
     "shardtune plan model=llama3.1-8b method=qlora strategy=fsdp launcher.device=cuda launcher.nproc_per_node=8":
         Run(expect=("world size: 8 (1 node(s) x 8 cuda worker(s))", "8.03B params", "4-bit")),
+    "shardtune plan model=llama3.1-70b method=qlora strategy=fsdp launcher.device=cuda launcher.nproc_per_node=2 "
+    "launcher.gpu_memory_gib=48": Run(expect=(
+        "world size: 2 (1 node(s) x 2 cuda worker(s))", "70.55B params", "per GPU, while the model loads",
+        "host RAM per node (2 worker(s))", pattern(r"^fits: no, peak \d+\.\d of 48\.0 GiB per GPU"),
+        pattern(r"^  train\.activation_checkpointing=true +peak \d+\.\d GiB per GPU"))),
     "shardtune train ... output_dir=runs/x resume=auto": Run(
         dots=RUN_OVERRIDES, extra=("train.max_steps=3",), check=assert_resumed,
         expect=(pattern(r"resuming from \S+/checkpoints/step-2 at step 2"),)),

@@ -51,6 +51,9 @@ def cli_cases(root):
                                           "launcher.nproc_per_node=8", f"output_dir={root / 'plan-qlora'}"]),
         "plan-full-zero3": ("plan", ["method=full", "strategy=zero3", "launcher.device=cpu",
                                      f"output_dir={root / 'plan-zero3'}"]),
+        "plan-70b-qlora-2x48": ("plan", ["model=llama3.1-70b", "method=qlora", "strategy=fsdp", "launcher.device=cuda",
+                                         "launcher.nproc_per_node=2", "launcher.gpu_memory_gib=48",
+                                         "launcher.host_memory_gib=256", f"output_dir={root / 'plan-70b'}"]),
     }
 
 
@@ -300,12 +303,14 @@ def test_a_directory_without_run_outputs_is_fine(tmp_path):
 
 
 def memory_rows(stdout: str) -> dict:
-    """{component: GiB} from the memory table `shardtune plan` prints."""
+    """{component: GiB} from the first memory table `shardtune plan` prints (per GPU, training step)."""
     rows = {}
     for line in stdout.splitlines():
         match = re.match(r"^(\w+)\s+(\d+\.\d+)\s", line)
         if match:
             rows[match.group(1)] = float(match.group(2))
+            if match.group(1) == "total":
+                break
     return rows
 
 
@@ -324,7 +329,21 @@ def test_plan_for_eight_gpus_prints_world_size_command_and_memory(cli):
     assert rows["total"] == pytest.approx(parts, abs=0.01 * len(rows))
     assert 0 < rows["weights"] < rows["total"]
     assert "DeepSpeed config" not in out
+    assert "fits: unknown, " in out and "set launcher.gpu_memory_gib to check" in out  # no GPU here, none given
     assert not (cli.path / "plan-qlora").exists()  # plan leaves output_dir alone
+
+
+def test_plan_says_whether_the_run_fits_and_what_would(cli):
+    result = cli["plan-70b-qlora-2x48"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for table in ("per GPU, training step (steady state)", "per GPU, while the model loads", "host RAM per node (2 worker(s))"):
+        assert table in out
+    peak = float(re.search(r"^peak per GPU: (\d+\.\d+) GiB", out, re.M).group(1))
+    assert f"fits: no, peak {peak:.1f} of 48.0 GiB per GPU (launcher.gpu_memory_gib), world size 2; host RAM " in out
+    assert "of 256.0 GiB per node (launcher.host_memory_gib)" in out
+    alternatives = out[out.index("what would fit, each estimated again:"):].splitlines()[1:]
+    assert any(line.strip().startswith("train.activation_checkpointing=true ") for line in alternatives)
 
 
 def test_plan_for_zero3_prints_the_deepspeed_json(cli):
