@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from ..cluster.shared_fs import write_once_per_filesystem
@@ -156,6 +155,7 @@ def dora_magnitudes(model) -> None:
     """DoRA's magnitude vectors, once the base weights are loaded: the norm of each output row of the base
     weight (B is zero, so the adapted weight is the base), as peft computes them at creation. Under FSDP the
     magnitude and the weight are split by rows alike, so each rank computes its own rows."""
+    from torch.distributed.tensor import DTensor  # here: the launcher imports this module for decoder_layers
     for _, layer in lora_layers(model):
         for adapter, magnitude in getattr(layer, "lora_magnitude_vector", {}).items():
             weight = layer.get_base_layer().weight
@@ -167,6 +167,7 @@ def dora_magnitudes(model) -> None:
 
 def copy_full_tensor(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a whole tensor that every rank holds into `param`, or into this rank's shard of it (a DTensor)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
     with torch.no_grad():
         if isinstance(param, DTensor):
             # src_data_rank=None: each rank takes its own slice of its own copy, without communicating.
