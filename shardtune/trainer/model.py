@@ -67,8 +67,8 @@ def load_dtype(cfg, compute_dtype: torch.dtype) -> torch.dtype:
 
 
 def model_source(cfg, compute_dtype: torch.dtype) -> str:
-    """Where the weights come from. Call outside a strategy's model_init_context: writing the random
-    init happens on one rank only, and ZeRO-3's partitioning context is collective."""
+    """Where the weights come from: the model's own, or a seeded random model written once into the run directory
+    (collective: one rank writes it, whole, while the others wait)."""
     if cfg.model.init == "random":
         return materialize_random_init(cfg, load_dtype(cfg, compute_dtype))
     return cfg.model.name_or_path
@@ -109,7 +109,7 @@ def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dty
     if method in ("lora", "qlora"):
         model = add_lora(model, cfg.method)
         init_adapters(model, cfg.train.seed)
-    if method != "qlora" and not is_partitioned(model):
+    if method != "qlora":  # bitsandbytes put the quantized base on the device already
         model.to(device)
     return model
 
@@ -174,11 +174,6 @@ def copy_full_tensor(param: torch.Tensor, full: torch.Tensor) -> None:
             full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
             param = param.to_local()
         param.copy_(full)
-
-
-def is_partitioned(model) -> bool:
-    """True when DeepSpeed ZeRO-3 partitioned the weights while loading (it places them itself)."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def logical_numel(param: torch.nn.Parameter) -> int:

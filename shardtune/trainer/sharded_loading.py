@@ -125,13 +125,7 @@ def read_own_slices(base, base_keys: set, quantized: Dict[str, tuple], weights_d
         key = checkpoint_key(name)
         if key in base_keys and key not in quantized_weights:
             targets[key] = param
-    reader = HuggingFaceStorageReader(str(weights_dir))
-    stored = reader.read_metadata().state_dict_metadata
-    missing = sorted(set(targets) - set(stored))
-    if missing:
-        raise ValueError(f"model.name_or_path: the safetensors files in {weights_dir} lack {len(missing)} weights the "
-                         f"model needs (e.g. {missing[:3]}); sharded loading (strategy=fsdp) reads the weights by "
-                         f"their names: save the model with transformers' save_pretrained, or use strategy=ddp")
+    check_complete(targets, tensor_files(weights_dir), weights_dir)
     dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(weights_dir)))
 
 
@@ -141,16 +135,9 @@ def quantize_own_shards(quantized: Dict[str, tuple], weights_dir: Path, device: 
     if not quantized:
         return
     from bitsandbytes.nn import Params4bit
-    from safetensors import safe_open
-    files = {}
-    for file in sorted(weights_dir.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
-            files.update(dict.fromkeys(handle.keys(), file))
+    files = tensor_files(weights_dir)
     for name, (module, arguments) in quantized.items():
-        key = f"{name}.weight"
-        # Opened per tensor: the mapping closes with it, so the process never holds more than one weight.
-        with safe_open(files[key], framework="pt") as handle:
-            full = handle.get_tensor(key)
+        full = read_tensor(files, f"{name}.weight")
         # As transformers: cast to the load dtype, then Params4bit.to(device) quantizes and gives the module its
         # quant_state.
         packed = Params4bit(full.to(dtype), requires_grad=False, module=module,
@@ -158,3 +145,32 @@ def quantize_own_shards(quantized: Dict[str, tuple], weights_dir: Path, device: 
         copy_full_tensor(module.weight, packed.data)
         del full, packed
 
+
+def tensor_files(weights_dir: Path) -> Dict[str, Path]:
+    """{tensor name: the safetensors file holding it} from the files' headers (no tensor is read)."""
+    from safetensors import safe_open
+    files = {}
+    for file in sorted(weights_dir.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as handle:
+            files.update(dict.fromkeys(handle.keys(), file))
+    if not files:
+        raise ValueError(f"model.name_or_path: no .safetensors files in {weights_dir}; sharded loading reads them "
+                         f"(save the model with transformers' save_pretrained)")
+    return files
+
+
+def check_complete(names, files: Dict[str, Path], weights_dir: Path) -> None:
+    missing = sorted(set(names) - set(files))
+    if missing:
+        raise ValueError(f"model.name_or_path: the safetensors files in {weights_dir} lack {len(missing)} weights the "
+                         f"model needs (e.g. {missing[:3]}); sharded loading (strategy=fsdp or zero3) reads the "
+                         f"weights by their names: save the model with transformers' save_pretrained, or use "
+                         f"strategy=ddp")
+
+
+def read_tensor(files: Dict[str, Path], key: str) -> torch.Tensor:
+    """One tensor, the file opened for it alone: the file's mapping closes with it, so a process that reads a
+    checkpoint tensor by tensor never holds more of it than one tensor."""
+    from safetensors import safe_open
+    with safe_open(files[key], framework="pt") as handle:
+        return handle.get_tensor(key)

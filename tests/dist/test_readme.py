@@ -203,6 +203,20 @@ TABLE = {
         "world size: 2 (1 node(s) x 2 cuda worker(s))", "70.55B params", "per GPU, while the model loads",
         "host RAM per node (2 worker(s))", pattern(r"^fits: no, peak \d+\.\d of 48\.0 GiB per GPU"),
         pattern(r"^  train\.activation_checkpointing=true +peak \d+\.\d GiB per GPU"))),
+    # Models bigger than one GPU
+    "shardtune plan model=llama3.1-70b method=qlora strategy=fsdp train.activation_checkpointing=true "
+    "launcher.device=cuda launcher.nproc_per_node=2 launcher.gpu_memory_gib=48": Run(expect=(
+        "70.55B params", "4-bit linear weights", "split over 2 GPUs", pattern(r"^fits: yes, peak \d+\.\d of 48\.0 GiB"))),
+    "shardtune train model=llama3.1-70b method=lora strategy=fsdp train.activation_checkpointing=true "
+    "data.path=train.jsonl": Run(
+        as_="plan", extra=("launcher.device=cuda", "launcher.nproc_per_node=8", "launcher.gpu_memory_gib=80"),
+        why="70B on eight GPUs: planned for them, from the preset's architecture (nothing downloaded)",
+        expect=("world size: 8", "70.55B params", pattern(r"^fits: yes, peak \d+\.\d of 80\.0 GiB"))),
+    "shardtune train model=llama3.1-8b method=full strategy=fsdp strategy.cpu_offload=true "
+    "train.activation_checkpointing=true data.path=train.jsonl": Run(
+        as_="plan", extra=("launcher.device=cuda", "launcher.nproc_per_node=1", "launcher.gpu_memory_gib=141"),
+        why="8B on a GPU: planned for one (benchmarks/big_models.sh trains it on an H200)",
+        expect=("8.03B params", "in host memory (cpu_offload)", pattern(r"^fits: yes, peak \d+\.\d of 141\.0 GiB"))),
     "shardtune train ... output_dir=runs/x resume=auto": Run(
         dots=RUN_OVERRIDES, extra=("train.max_steps=3",), check=assert_resumed,
         expect=(pattern(r"resuming from \S+/checkpoints/step-2 at step 2"),)),

@@ -37,14 +37,10 @@ class Strategy:
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # -- building ------------------------------------------------------------------------
-    def model_init_context(self):
-        """Context the model is built in (DeepSpeed ZeRO-3 partitions weights while loading)."""
-        return contextlib.nullcontext()
-
     def build_model(self, source: str) -> torch.nn.Module:
-        """The model of the run's method, its weights from `source`, ready for `wrap`."""
-        with self.model_init_context():
-            return build_model(self.cfg, source, self.device, self.dtype)
+        """The model of the run's method, its weights from `source`, ready for `wrap`. Whole on every rank here;
+        FSDP and ZeRO-3 build it sharded instead."""
+        return build_model(self.cfg, source, self.device, self.dtype)
 
     def wrap(self, model: torch.nn.Module, make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory) -> None:
         raise NotImplementedError

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from ..zero3_loading import build_partitioned_model
 from .base import Strategy
 
 CHECKPOINT_TAG = "deepspeed"
@@ -62,13 +63,13 @@ class DeepSpeedStrategy(Strategy):
         self.config = deepspeed_config(cfg, dtype)
         self._hf_deepspeed_config = None
 
-    def model_init_context(self):
-        if self.cfg.strategy.stage == 3:
-            # While this object lives, transformers' from_pretrained loads each weight straight into
-            # its ZeRO-3 partition instead of materialising the whole model on every rank.
-            from transformers.integrations import HfDeepSpeedConfig
-            self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)
-        return super().model_init_context()
+    def build_model(self, source):
+        if self.cfg.strategy.stage != 3:
+            return super().build_model(source)
+        # While this object lives, transformers builds models under zero.Init, partitioned as they are built.
+        from transformers.integrations import HfDeepSpeedConfig
+        self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)
+        return build_partitioned_model(self.cfg, source, self.dtype)
 
     def wrap(self, model, make_optimizer, make_scheduler):
         import deepspeed
