@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 SEQ_LEN, MICRO_BATCH, STEPS, WARMUP = 2048, 4, 20, 5
-SHAPES = {"1b": "llama3.2-1b", "8b": "llama3.1-8b"}
+SHAPES = {"1b": "llama3.2-1b", "3b": "llama3.2-3b", "8b": "llama3.1-8b"}
 
 
 def random_model(size: str) -> str:

@@ -26,6 +26,10 @@ log = logging.getLogger("shardtune")
 # The estimate aims at within 15% of measured peaks, so only a run estimated clearly past the GPU's memory is
 # refused; between 100% and this, `train` warns and starts it.
 REFUSAL_MARGIN = 1.10
+# The share of a node's RAM a run may plan to use: the kernel, page cache and pinned staging buffers need the rest.
+# Measured: an 8B full fine-tune with FSDP2 CPU offload, estimated at 122.7 GiB on a 125 GiB H200 node, was killed
+# by the OOM killer in its first step (2026-12-02).
+HOST_USABLE_FRACTION = 0.9
 # "More GPUs" grows one node up to this many GPUs, then adds nodes of this many (the usual GPU server).
 GPUS_PER_NODE = 8
 MAX_WORLD_SIZE = 1024  # the largest world "more GPUs" suggests
@@ -97,7 +101,8 @@ class Verdict:
 
     @property
     def host_fits(self) -> bool:
-        return self.capacity.host_bytes is None or self.estimate.host.total <= self.capacity.host_bytes
+        return (self.capacity.host_bytes is None
+                or self.estimate.host.total <= self.capacity.host_bytes * HOST_USABLE_FRACTION)
 
     @property
     def fits(self) -> bool:
