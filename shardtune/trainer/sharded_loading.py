@@ -77,6 +77,7 @@ def build_on_meta(cfg, weights_dir: Path, compute_dtype: torch.dtype) -> torch.n
         model = AutoModelForCausalLM.from_config(config, dtype=load_dtype(cfg, compute_dtype),
                                                  attn_implementation=cfg.model.attn_implementation,
                                                  trust_remote_code=cfg.model.trust_remote_code)
+    model.tie_weights()  # init_empty_weights swaps each parameter for a meta one, which unties tied embeddings
     model.config.use_cache = False  # the KV cache only serves generation
     return model
 

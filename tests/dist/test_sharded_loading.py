@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_shardtune, train_losses
+from conftest import FAST, run_shardtune, train_losses
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from shardtune.config import asset_path
@@ -81,3 +81,25 @@ def test_qlora_splits_the_packed_4bit_base_over_the_ranks(shared_run):
     assert replicated[0] == replicated[1]  # DDP: every rank holds the whole model
     for held in sharded:  # FSDP: about half each (shards of uneven tensors are padded)
         assert held == pytest.approx(replicated[0] / WORLD_SIZE, rel=0.1)
+
+
+def test_tied_embeddings_load_into_shards_as_into_a_whole_model(tmp_path):
+    # Llama-3.2's small models tie the head to the embeddings: their checkpoints hold the embedding only.
+    model_dir = tmp_path / "tied"
+    tokenizer = AutoTokenizer.from_pretrained(asset_path("tiny-tokenizer"))
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    losses = {}
+    for strategy in ("ddp", "fsdp", "zero3"):
+        output_dir = tmp_path / strategy
+        run_shardtune("train", f"model.name_or_path={model_dir}", "method=full", f"strategy={strategy}", *FAST,
+                      "train.max_steps=4", "train.save_final=false", f"output_dir={output_dir}",
+                      f"data.cache_dir={tmp_path / 'cache'}")
+        losses[strategy] = train_losses(output_dir)
+    assert sorted(losses["ddp"]) == [1, 2, 3, 4]
+    for strategy in ("fsdp", "zero3"):  # tolerance as in test_matrix.py
+        assert losses[strategy] == pytest.approx(losses["ddp"], rel=2e-4), strategy
