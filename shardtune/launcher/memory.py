@@ -40,10 +40,12 @@ LAYER_BYTES_PER_INTERMEDIATE = 8.5
 # Eager attention also keeps the s x s scores: Korthikanti's 5*a*s/h bytes per token per hidden
 # unit. Fused kernels (sdpa, flash) never materialise them.
 SCORE_MATRIX_FACTOR = 5
-# The loss upcasts logits to fp32: log-softmax output kept for backward (4 B), then its gradient
-# and the logits' gradient (4 + 4 B) at the start of backward, when every activation is alive.
-# Measured 12 B per logit on an H100 with transformers' loss.
-LOGITS_BYTES_PER_ELEMENT = 12
+# The loss upcasts logits to fp32 and keeps what backward needs, per logit: 12 B fit DDP peaks (autocast) on an
+# H100; 8 B fit five FSDP2 peaks on an H200 within 4% (2026-12-02: llama3.1-8b LoRA, QLoRA and LoRA with CPU
+# offload at 2 x 2048; llama3.2-3b full with and without offload at 1 x 2048). DeepSpeed: unmeasured, 12.
+LOGITS_BYTES_PER_ELEMENT = {"fsdp": 8, "ddp": 12, "deepspeed": 12}
+# Hub checkpoints come in safetensors files of at most about 5 GB (save_pretrained's usual max_shard_size).
+HUB_CHECKPOINT_FILE_BYTES = 5 * 10**9
 ATTENTION_KEEPING_SCORES = {"eager"}
 # FSDP2 as the FSDP strategy wraps it (trainer/strategies/fsdp.py) keeps whole copies of some parameters in the
 # compute dtype on top of its shards: the root module (embeddings, final norm, head; reshard_after_forward=False
@@ -362,9 +364,10 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         )
     gathered, gathered_note = _gathered(run)
     activations, activations_note = _activations(config, cfg, precision, ddp_autocast_full or compute_bytes == 4)
-    logits = cfg.train.micro_batch_size * cfg.train.seq_len * config.vocab_size * LOGITS_BYTES_PER_ELEMENT
+    logit_bytes = LOGITS_BYTES_PER_ELEMENT[run.kind]
+    logits = cfg.train.micro_batch_size * cfg.train.seq_len * config.vocab_size * logit_bytes
     logits_note = (
-        f"b*s*vocab*{LOGITS_BYTES_PER_ELEMENT} B: fp32 log-softmax + its gradients in the loss (vocab "
+        f"b*s*vocab*{logit_bytes} B: fp32 log-softmax + its gradients in the loss (vocab "
         f"{config.vocab_size}); often the largest term for big vocabularies"
     )
     steady = weights + grads + optimizer + gathered + activations + logits + CUDA_CONTEXT_BYTES
@@ -551,15 +554,21 @@ def _host_per_node(run: _Run, steady_without_context: int) -> MemoryTable:
 
 def _host_loading(run: _Run) -> Tuple[int, str]:
     ranks, method = run.ranks_per_node, run.method
-    one_tensor = run.shape.largest_linear * run.compute_bytes
+    one_tensor = run.shape.largest_tensor * run.load_bytes
+    if run.kind == "fsdp" and method.name != "qlora":
+        # The safetensors reader maps each file while it reads this rank's slices of it: those pages count in the
+        # rank's resident memory until the file closes. Offloaded shards are filled in host memory meanwhile.
+        mapped = ranks * _checkpoint_file_bytes(run) // run.world_size
+        filled = run.node_share(_parameter_bytes(run, run.load_bytes)[0]) if run.cfg.strategy.cpu_offload else 0
+        return mapped + filled, ("each rank maps its slices of one checkpoint file at a time"
+                                 + ("; and fills its offloaded shards" if filled else "; its shards go to the GPU"))
     if run.kind == "fsdp" or (run.kind == "ddp" and method.name == "qlora"):
         where = "its shards go to the GPU" if run.kind == "fsdp" else "bitsandbytes quantizes it onto the GPU"
-        return ranks * one_tensor, f"each rank reads one linear weight at a time; {where}"
+        return ranks * one_tensor, f"each rank reads one weight at a time; {where}"
     dtype = "fp32" if run.load_bytes == 4 else run.precision
     if run.kind == "deepspeed" and run.cfg.strategy.stage == 3:
-        return run.counts.total * run.load_bytes, (
-            f"about one copy of the model in {dtype} on the node: zero.Init partitions it while loading"
-        )
+        return (ranks + 1) * one_tensor, (
+            "each rank gathers one weight at a time, which rank 0 reads and ZeRO-3 partitions again")
     adapters = run.counts.trainable * 4 if method.name != "full" else 0  # peft adds them before the model moves
     copy = run.counts.total * run.load_bytes + adapters
     return ranks * copy, f"each of the {ranks} rank(s) loads the whole model in {dtype} into host memory first"
@@ -571,8 +580,11 @@ def _host_offloaded(run: _Run) -> Tuple[int, str]:
     share = f"this node's {run.ranks_per_node} of {run.world_size} shares"
     if run.kind == "fsdp" and run.cfg.strategy.cpu_offload:
         parameters, _ = _parameter_bytes(run, 4)
-        state = parameters + counts.trainable * (4 + ADAM_STATES_BYTES)
-        return run.node_share(state), f"FSDP cpu_offload: parameters, fp32 gradients and AdamW states; {share}"
+        # + one fp32 copy of the trainable parameters: the temporaries of torch's AdamW step on the CPU (measured:
+        # llama3.2-3b full, 59.6 GiB host peak for 47.9 GiB of offloaded state, H200 node, 2026-12-02).
+        state = parameters + counts.trainable * (4 + ADAM_STATES_BYTES + 4)
+        return run.node_share(state), (f"FSDP cpu_offload: parameters, fp32 gradients, AdamW states and the CPU "
+                                       f"step's temporaries; {share}")
     offloaded, parts = 0, []
     if run.kind == "deepspeed" and shard.optimizer_offloaded:
         offloaded += counts.trainable * OFFLOADED_OPTIMIZER_BYTES
@@ -584,6 +596,18 @@ def _host_offloaded(run: _Run) -> Tuple[int, str]:
     if not parts:
         return 0, "none: nothing is offloaded"
     return run.node_share(offloaded), f"DeepSpeed offload: {' + '.join(parts)}; {share}"
+
+
+def _checkpoint_file_bytes(run: _Run) -> int:
+    """The largest safetensors file of the model: measured for a local directory, else a hub checkpoint's usual
+    size (16-bit weights in files of at most about 5 GB)."""
+    name_or_path = run.cfg.model.name_or_path
+    if name_or_path and looks_like_local_path(name_or_path) and os.path.isdir(os.path.expanduser(name_or_path)):
+        sizes = [entry.stat().st_size for entry in os.scandir(os.path.expanduser(name_or_path))
+                 if entry.name.endswith(".safetensors")]
+        if sizes:
+            return max(sizes)
+    return min(HUB_CHECKPOINT_FILE_BYTES, run.counts.total * 2)
 
 
 def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool) -> Tuple[int, str]:
