@@ -65,6 +65,18 @@ def socket_environment(launcher) -> dict:
 ALLOCATOR_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}
 
 
+def apply_allocator_environment() -> None:
+    """ALLOCATOR_ENVIRONMENT's settings in a process that did not start with them (a fork): glibc reads the
+    variables only when a process starts; mallopt sets the same. Nothing where the C library is not glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", ALLOCATOR_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"])))
+
+
 def hosts_rendezvous(launcher) -> bool:
     """Node 0 hosts the rendezvous store (c10d) or the static master; it has nothing to connect to yet."""
     return launcher.node_rank == 0

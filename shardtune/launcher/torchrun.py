@@ -1,8 +1,10 @@
 """Resolve what a run needs on this machine (`plan_launch`), write the run's config, and start torchrun."""
 import copy
+import importlib
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -12,8 +14,8 @@ from omegaconf import OmegaConf
 
 from ..cluster import slurm
 from ..cluster.environment import apply_slurm_step, slurm_step
-from ..cluster.rendezvous import (ALLOCATOR_ENVIRONMENT, STATIC_DEFAULT_PORT, c10d_arguments, hosts_rendezvous,
-                                  rendezvous_id, socket_environment)
+from ..cluster.rendezvous import (ALLOCATOR_ENVIRONMENT, STATIC_DEFAULT_PORT, apply_allocator_environment,
+                                  c10d_arguments, hosts_rendezvous, rendezvous_id, socket_environment)
 from ..cluster.slurm import shell_join
 from ..data.cache import cache_root
 from ..errors import ConfigError
@@ -143,4 +145,67 @@ def worker_environment(plan: LaunchPlan) -> dict:
 
 
 def run_torchrun(plan: LaunchPlan) -> int:
+    """Run the plan's torchrun command; its exit status. On CPU, torchrun's agent runs in this process and forks
+    the workers from it (see run_forked_workers)."""
+    if plan.device_type == "cpu":
+        return run_forked_workers(plan)
     return subprocess.call(plan.command, env=worker_environment(plan))
+
+
+def run_forked_workers(plan: LaunchPlan) -> int:
+    """The plan's torchrun command with its elastic agent in this process, starting each worker as a fork of this
+    process instead of a new interpreter: the libraries this launcher imported (torch, transformers, the trainer)
+    are not imported again by every worker and after every restart, which is most of a short CPU run's time.
+    torchrun's own parser reads the command, so the rendezvous, restarts and failure reports are torchrun's.
+
+    CPU only: a process that has used CUDA cannot be forked, and this launcher asks CUDA how many GPUs there are.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    importlib.import_module("shardtune.trainer.worker")  # imported once here, inherited by every fork
+    # The tokenizers' thread pool that data preparation used would not survive a fork: turned off, quietly.
+    environment = {**worker_environment(plan), "TOKENIZERS_PARALLELISM": "false"}
+    saved = dict(os.environ)
+    os.environ.update(environment)  # the workers' environment, before torchrun's parser reads OMP_NUM_THREADS
+    sys.stdout.flush()  # or each fork would print what this process had not written yet
+    sys.stderr.flush()
+    try:
+        args = get_args_parser().parse_args(plan.command[3:])  # after `python -m torch.distributed.run`
+        if args.standalone:  # as torchrun's run() does for --standalone
+            args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+        config, _, worker_args = config_from_args(args)
+        config.start_method = "fork"
+        elastic_launch(config, forked_worker)(worker_args[-1])
+    except ChildFailedError as error:
+        print(error.format_msg(), file=sys.stderr, flush=True)  # torchrun's report of the failed workers
+        return 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return 0
+
+
+def forked_worker(config_path: str) -> None:
+    """A worker in a fork of the launcher: first what a new interpreter would have read from its environment, then
+    the worker; an exception is printed as it would be by a process of its own, with its rank."""
+    from ..trainer import worker
+    rank = os.environ["RANK"]
+    # `ps` and `top` show the rank instead of a copy of the launcher's command line.
+    _set_process_name(f"shardtune-r{rank}")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch read it when the launcher imported torch
+    apply_allocator_environment()
+    try:
+        worker.run(config_path)
+    except Exception:
+        sys.excepthook(*sys.exc_info())  # after init_process_group: torch's, which prefixes "[rank1]: "
+        raise
+
+
+def _set_process_name(name: str) -> None:
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except OSError:
+        pass

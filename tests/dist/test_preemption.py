@@ -17,12 +17,13 @@ RUN = ["method=lora", "method.dropout=0", *FAST, f"train.max_steps={STEPS}"]
 
 
 def worker_of_rank(launcher: psutil.Process, rank: int) -> psutil.Process:
-    """The torchrun worker with RANK=rank among the launcher's descendants."""
+    """The worker of rank `rank` among the launcher's descendants: on CPU, forks of the launcher named by their
+    rank (launcher/torchrun.py)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         for process in launcher.children(recursive=True):
             try:
-                if "shardtune.trainer.worker" in process.cmdline() and process.environ().get("RANK") == str(rank):
+                if process.name() == f"shardtune-r{rank}":
                     return process
             except psutil.NoSuchProcess:
                 continue
