@@ -23,15 +23,20 @@ SEQ_LEN, MICRO_BATCH, STEPS, WARMUP = 2048, 4, 20, 5
 SHAPES = {"1b": "llama3.2-1b", "3b": "llama3.2-3b", "8b": "llama3.1-8b"}
 
 
-def random_model(size: str) -> str:
-    """Save a random model of the preset's shape once (bf16), for every case to load."""
-    path = Path(f"/tmp/shardtune-rand-{size}")
+def random_model(size: str, num_layers: int = 0) -> str:
+    """Save a random model of the preset's shape once (bf16), for every case to load; num_layers > 0 changes its
+    number of decoder layers (a model of a size between the presets, e.g. one whose full fine-tune just exceeds a
+    GPU)."""
+    path = Path(f"/tmp/shardtune-rand-{size}" + (f"-{num_layers}layers" if num_layers else ""))
     if not (path / "config.json").exists():
         from omegaconf import OmegaConf
         from transformers import AutoConfig, AutoModelForCausalLM
         import shardtune
         preset = OmegaConf.load(Path(shardtune.__file__).parent / "conf" / "model" / f"{SHAPES[size]}.yaml")
-        config = AutoConfig.for_model(**OmegaConf.to_container(preset.architecture))
+        architecture = OmegaConf.to_container(preset.architecture)
+        if num_layers:
+            architecture["num_hidden_layers"] = num_layers
+        config = AutoConfig.for_model(**architecture)
         torch.manual_seed(0)
         with torch.device("cuda"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -42,11 +47,12 @@ def random_model(size: str) -> str:
 
 
 def run_shardtune(case: str, size: str, nproc: int, extra: list, steps: int = STEPS,
-                  micro_batch: int = MICRO_BATCH) -> dict:
+                  micro_batch: int = MICRO_BATCH, num_layers: int = 0) -> dict:
     method, strategy = case.split("-", 1)
-    output_dir = Path(f"/tmp/bench/{size}-{case}-x{nproc}")
+    size_name = size + (f"-{num_layers}layers" if num_layers else "")
+    output_dir = Path(f"/tmp/bench/{size_name}-{case}-x{nproc}")
     subprocess.run(["rm", "-rf", str(output_dir)], check=True)
-    overrides = [f"model={SHAPES[size]}", f"model.name_or_path={random_model(size)}",
+    overrides = [f"model={SHAPES[size]}", f"model.name_or_path={random_model(size, num_layers)}",
                  "model.tokenizer=${asset:tiny-tokenizer}", f"method={method}", f"strategy={strategy}",
                  "data=random_tokens", f"data.num_rows={(steps + 1) * micro_batch * nproc}",
                  f"train.max_steps={steps}", f"train.micro_batch_size={micro_batch}", f"train.seq_len={SEQ_LEN}",
@@ -55,14 +61,14 @@ def run_shardtune(case: str, size: str, nproc: int, extra: list, steps: int = ST
     started = time.time()
     result = subprocess.run([sys.executable, "-m", "shardtune.cli", "train", *overrides], capture_output=True, text=True)
     if result.returncode != 0:
-        return {"case": f"shardtune {size}-{case}", "error": (result.stdout + result.stderr)[-3000:]}
+        return {"case": f"shardtune {size_name}-{case}", "error": (result.stdout + result.stderr)[-3000:]}
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if "step_time_s" in r and r["step"] > min(WARMUP, steps - 2)]
     step_s = statistics.median(r["step_time_s"] for r in steady)
     tokens_per_s_per_gpu = micro_batch * SEQ_LEN / step_s
     summary = json.loads((output_dir / "summary.json").read_text())
     mfu = statistics.median(r["mfu"] for r in steady) if "mfu" in steady[0] else None
-    return {"case": f"shardtune {size}-{case}" + (f" {' '.join(extra)}" if extra else ""), "gpus": nproc,
+    return {"case": f"shardtune {size_name}-{case}" + (f" {' '.join(extra)}" if extra else ""), "gpus": nproc,
             "tokens_per_s_per_gpu": round(tokens_per_s_per_gpu), "step_s": round(step_s, 4),
             "mfu": round(mfu, 3) if mfu else None,
             "peak_mem_gib": max(r.get("peak_mem_alloc_gib", 0) for r in rows),
@@ -90,12 +96,14 @@ def main():
     parser.add_argument("--extra", nargs="*", default=[], help="extra shardtune overrides for every case")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--micro-batch", type=int, default=MICRO_BATCH)
+    parser.add_argument("--layers", type=int, default=0, help="decoder layers instead of the preset's")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     for case in args.baseline:
         print(json.dumps(run_baseline(case, [])), flush=True)
     for case in args.cases:
-        print(json.dumps(run_shardtune(case, args.size, args.nproc, args.extra, args.steps, args.micro_batch)),
+        print(json.dumps(run_shardtune(case, args.size, args.nproc, args.extra, args.steps, args.micro_batch,
+                                       args.layers)),
               flush=True)
 
 
