@@ -93,6 +93,7 @@ def main():
     parser.add_argument("--size", default="1b", choices=sorted(SHAPES))
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--baseline", nargs="*", default=[], help="hf_baseline.py cases, e.g. 1b-full 1b-lora")
+    parser.add_argument("--liger", action="store_true", help="the baseline cases with Liger's kernels")
     parser.add_argument("--extra", nargs="*", default=[], help="extra shardtune overrides for every case")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--micro-batch", type=int, default=MICRO_BATCH)
@@ -100,7 +101,7 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     for case in args.baseline:
-        print(json.dumps(run_baseline(case, [])), flush=True)
+        print(json.dumps(run_baseline(case, ["--liger"] if args.liger else [])), flush=True)
     for case in args.cases:
         print(json.dumps(run_shardtune(case, args.size, args.nproc, args.extra, args.steps, args.micro_batch,
                                        args.layers)),

@@ -50,8 +50,9 @@ def train(cfg: DictConfig):
 
 def plan(cfg: DictConfig) -> None:
     from .launcher.fit import fit_report
-    from .launcher.memory import estimate_memory
+    from .launcher.memory import estimate_memory, model_config
     from .launcher.torchrun import plan_launch
+    from .trainer import fast_path
     launch = plan_launch(cfg, check_devices=False)
     cfg = launch.config
     print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
@@ -59,6 +60,7 @@ def plan(cfg: DictConfig) -> None:
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
     print(f"global batch: {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {launch.world_size} = "
           f"{cfg.train.micro_batch_size * cfg.train.grad_accum * launch.world_size} sequences of <= {cfg.train.seq_len} tokens")
+    print(f"fast path: {fast_path.choose(cfg.train, launch.device_type, model_config(cfg.model).model_type).describe()}")
     if cfg.cluster.name == "slurm":
         from .cluster.slurm import SCRIPT_NAME, SLURM_DIR, batch_script
         print(f"each node (one srun task per node): {launch.command_line()}")

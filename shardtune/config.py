@@ -265,6 +265,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
     activation_checkpointing: bool = False
+    kernels: str = "auto"
+    """Fused GPU kernels. liger: Liger-Kernel's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy (the logits of
+    a whole sequence are never materialised, in training or evaluation); none: transformers' own modules; auto:
+    liger on CUDA for the architectures it is used with here (llama, mistral, qwen2, qwen3) when liger-kernel is
+    installed, none elsewhere (the log says why once)."""
+    compile: str = "auto"
+    """torch.compile. blocks: each decoder layer compiled on its own (as torchtitan does; compile errors are raised,
+    never a silent fall-back to eager); none: eager; auto: blocks on CUDA, none on CPU."""
     seed: int = 42
     log_interval: int = 1
     eval_interval: int = 0

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
+from ..trainer import fast_path
 from ..trainer.model import decoder_layers
 
 GIB = 1024**3
@@ -44,6 +45,9 @@ SCORE_MATRIX_FACTOR = 5
 # H100; 8 B fit five FSDP2 peaks on an H200 within 4% (2026-12-02: llama3.1-8b LoRA, QLoRA and LoRA with CPU
 # offload at 2 x 2048; llama3.2-3b full with and without offload at 1 x 2048). DeepSpeed: unmeasured, 12.
 LOGITS_BYTES_PER_ELEMENT = {"fsdp": 8, "ddp": 12, "deepspeed": 12}
+# Liger's fused linear cross-entropy per token and hidden unit: a chunk of fp32 logits about as large as the
+# hidden states, and the fp32 gradient of the hidden states.
+FUSED_LOSS_BYTES_PER_HIDDEN = 8
 # Hub checkpoints come in safetensors files of at most about 5 GB (save_pretrained's usual max_shard_size).
 HUB_CHECKPOINT_FILE_BYTES = 5 * 10**9
 ATTENTION_KEEPING_SCORES = {"eager"}
@@ -364,12 +368,21 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         )
     gathered, gathered_note = _gathered(run)
     activations, activations_note = _activations(config, cfg, precision, ddp_autocast_full or compute_bytes == 4)
-    logit_bytes = LOGITS_BYTES_PER_ELEMENT[run.kind]
-    logits = cfg.train.micro_batch_size * cfg.train.seq_len * config.vocab_size * logit_bytes
-    logits_note = (
-        f"b*s*vocab*{logit_bytes} B: fp32 log-softmax + its gradients in the loss (vocab "
-        f"{config.vocab_size}); often the largest term for big vocabularies"
-    )
+    tokens = cfg.train.micro_batch_size * cfg.train.seq_len
+    if fast_path.choose(cfg.train, run.device, config.model_type).fused_loss:
+        # Liger's fused linear cross-entropy: logits only for a chunk of the tokens at a time (about b*s*h of them),
+        # and the fp32 gradients of the hidden states and, when the head trains, of the head.
+        head_grad = config.vocab_size * config.hidden_size * 4 if method.name == "full" else 0
+        logits = tokens * config.hidden_size * FUSED_LOSS_BYTES_PER_HIDDEN + head_grad
+        logits_note = (f"fused linear cross-entropy: b*s*h*{FUSED_LOSS_BYTES_PER_HIDDEN} B (logit chunks, fp32 "
+                       f"gradients of the hidden states){' + fp32 gradient of the head' if head_grad else ''}")
+    else:
+        logit_bytes = LOGITS_BYTES_PER_ELEMENT[run.kind]
+        logits = tokens * config.vocab_size * logit_bytes
+        logits_note = (
+            f"b*s*vocab*{logit_bytes} B: fp32 log-softmax + its gradients in the loss (vocab "
+            f"{config.vocab_size}); often the largest term for big vocabularies"
+        )
     steady = weights + grads + optimizer + gathered + activations + logits + CUDA_CONTEXT_BYTES
     method_text = method.name if method.name == "full" else f"{method.name} r={method.rank}"
     if method.name == "qlora":

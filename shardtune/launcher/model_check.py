@@ -17,6 +17,7 @@ from ..data.tokenizer import build_tokenizer
 from ..config import weights_origin
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
+from ..trainer import fast_path
 from .memory import architecture_config, count_parameters, pretrained_config
 
 log = logging.getLogger("shardtune")
@@ -48,6 +49,7 @@ def check_model(cfg):
     except ValueError as error:  # transformers' "Unrecognized configuration class ... for AutoModelForCausalLM"
         raise ConfigError("model.name_or_path" if pretrained else "model.architecture",
                           f"not a causal language model transformers can build: {str(error).splitlines()[0]}") from error
+    fast_path.choose(cfg.train, cfg.launcher.device, config.model_type)  # refuses a part this run cannot have
     adapters = 0 if cfg.method.name == "full" else counts.trainable  # counted as the workers count: base + adapters
     log.info("model %s (%s): %s, %s params (%s trainable with method=%s); tokenizer %s (%d tokens)",
              model_cfg.name, weights_origin(model_cfg), config.model_type, f"{counts.total + adapters:,}", f"{counts.trainable:,}",

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
 from ..strategy_registry import STRATEGIES, strategies_for
+from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
 
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -268,6 +269,10 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
         raise ConfigError("train.precision", f"expected one of {', '.join(PRECISIONS)}, got {train.precision!r}")
     if device_type == "cpu" and train.precision == "fp16":
         raise ConfigError("train.precision", "fp16 needs a GPU; use bf16 or fp32 on CPU")
+    if train.kernels not in KERNEL_CHOICES:
+        raise ConfigError("train.kernels", f"expected one of {', '.join(KERNEL_CHOICES)}, got {train.kernels!r}")
+    if train.compile not in COMPILE_CHOICES:
+        raise ConfigError("train.compile", f"expected one of {', '.join(COMPILE_CHOICES)}, got {train.compile!r}")
 
 
 def _validate_optim(optim) -> None:

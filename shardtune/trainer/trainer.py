@@ -23,10 +23,10 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import checkpoint, preemption, pruning
+from . import checkpoint, fast_path, preemption, pruning
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
-from .model import count_parameters, model_source
+from .model import count_parameters, decoder_layers, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
 from .strategies import make_strategy
 
@@ -79,6 +79,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model = self.strategy.build_model(source)
         self.model_config = model.config
+        self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type)
+        if self.fast_path.fused_loss:
+            self.strategy.expose_head_to_fused_loss(model)
+        fast_path.apply(model, self.fast_path, decoder_layers)
         self.num_params, self.num_trainable_params = count_parameters(model)
         optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
         self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
@@ -104,6 +108,7 @@ class Trainer:
             log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
                      "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
                      f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
+            log.info("fast path: %s", self.fast_path.describe())
 
     def build_data(self) -> None:
         cfg = self.cfg
@@ -145,6 +150,7 @@ class Trainer:
         strategy.model.train()
         while self.step < self.total_steps:
             self.throughput.step_started()
+            step_started = time.time()
             micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
@@ -170,6 +176,9 @@ class Trainer:
                 loss_sum += loss.detach().float() * tokens_per_rank
             grad_norm = strategy.step()
             self.step += 1
+            if self.step == 1 and self.fast_path.compile_blocks and self.rank == 0:
+                log.info("compile: the first step took %.1f s with compilation; %s", time.time() - step_started,
+                         fast_path.compile_report())
             label_tokens_since_log += label_tokens
             self.throughput.step_done(input_tokens)
             if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
@@ -231,7 +240,7 @@ class Trainer:
                 break
             batch = {k: v.to(self.device) for k, v in batch.items() if k != "num_tokens"}
             with self.strategy.autocast():
-                loss_sum = model(**batch, num_items_in_batch=1).loss  # a sum over tokens
+                loss_sum = model(**batch, num_items_in_batch=1, **fast_path.loss_kwargs(self.fast_path)).loss  # a sum
             totals += torch.stack([loss_sum.double(), (batch["labels"][:, 1:] != IGNORE_INDEX).sum().double()])
         dist.all_reduce(totals)
         model.train()
@@ -275,6 +284,8 @@ class Trainer:
             "tokens_per_second": rates.get("tokens_per_second"),
             "tokens_per_second_per_device": rates.get("tokens_per_second_per_device"),
             "mfu": rates.get("mfu"),
+            "fast_path": self.fast_path.describe(),
+            **({"compile": fast_path.compile_report()} if self.fast_path.compile_blocks else {}),
             **self.peak_memory(),
             "wall_time_s": time.time() - self.started,
             "saved_to": str(final_dir) if final_dir else "not saved (train.save_final=false)",

@@ -42,6 +42,10 @@ class Strategy:
         FSDP and ZeRO-3 build it sharded instead."""
         return build_model(self.cfg, source, self.device, self.dtype)
 
+    def expose_head_to_fused_loss(self, model: torch.nn.Module) -> None:
+        """A fused loss reads the output head's weight in the model's forward, not in the head's own. Nothing to do
+        where that weight is whole there: DDP, and FSDP2 (the head is in the root unit, gathered all forward)."""
+
     def wrap(self, model: torch.nn.Module, make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory) -> None:
         raise NotImplementedError
 

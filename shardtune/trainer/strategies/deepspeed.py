@@ -71,6 +71,15 @@ class DeepSpeedStrategy(Strategy):
         self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)
         return build_partitioned_model(self.cfg, source, self.dtype)
 
+    def expose_head_to_fused_loss(self, model):
+        if self.cfg.strategy.stage != 3:
+            return
+        # ZeRO-3 gathers a weight around its own module's forward; the head's is read by the model's forward
+        # (and a tied head's embedding is released after the embedding runs): gather it for the model's forward.
+        import deepspeed
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        deepspeed.zero.register_external_parameter(base, base.get_output_embeddings().weight)
+
     def wrap(self, model, make_optimizer, make_scheduler):
         import deepspeed
         self.module = model

@@ -1,0 +1,27 @@
+#!/bin/bash
+# The fast path on one GPU (issue 14): shardtune's 1B cases with the fast path (train.kernels / train.compile auto)
+# and without, beside the Hugging Face Trainer with Liger, in one device call. From the repository root:
+#   bash benchmarks/fast_path.sh [1b|8b|tests]...   (JSON lines and logs under $OUT)
+set -u
+mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+EAGER="train.kernels=none train.compile=none"
+for part in "$@"; do
+  case $part in
+    1b)
+      timeout 100 python3 benchmarks/run.py lora-fsdp full-fsdp >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 100 python3 benchmarks/run.py --baseline 1b-lora --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      ;;
+    1b-eager)
+      timeout 100 python3 benchmarks/run.py lora-fsdp full-fsdp --extra $EAGER >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      ;;
+    tests)
+      timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
+      ;;
+  esac
+done
+echo done

@@ -1,0 +1,22 @@
+#!/bin/bash
+# FSDP2 CPU offload on one H100 (issue 13): a full fine-tune whose fp32 weights, gradients and AdamW states
+# (5.41B params x 16 B = 80.6 GiB) exceed the GPU's 79.2 GiB: Llama-3.1-8B's shape with 20 of its 32 layers (a full
+# 8B needs about 120 GiB of host RAM for them, more than these 125 GiB nodes have). Then `shardtune plan` for it,
+# with and without offload. From the repository root; JSON lines and the plans go to $OUT.
+set -u
+mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+AC=train.activation_checkpointing=true
+free -g > "$OUT/host.txt"; nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/host.txt"
+timeout 300 python3 benchmarks/run.py full-fsdp --size 8b --layers 20 --steps 3 --micro-batch 1 \
+    --extra $AC strategy.cpu_offload=true > "$OUT/8b-20layers-full-offload.jsonl" 2> "$OUT/8b-20layers-full-offload.err"
+for offload in true false; do
+  python3 -m shardtune.cli plan model=llama3.1-8b model.name_or_path=/tmp/shardtune-rand-8b-20layers method=full \
+      "model.tokenizer=\${asset:tiny-tokenizer}" \
+      strategy=fsdp strategy.cpu_offload=$offload train.micro_batch_size=1 train.seq_len=2048 $AC \
+      >> "$OUT/plans.txt" 2>&1
+done
+echo done

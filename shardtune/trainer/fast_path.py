@@ -1,0 +1,96 @@
+"""The fast path: fused kernels (Liger-Kernel) and torch.compile per decoder block, as train.kernels and
+train.compile ask; `auto` picks each part where the device and the model support it and says why not elsewhere.
+
+`choose` is pure (the launcher's plan and validation call it too); `apply` changes a built model in place before the
+strategy wraps it, so that DDP, FSDP2 and DeepSpeed all wrap the fast modules.
+"""
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Tuple
+
+from ..errors import ConfigError
+
+log = logging.getLogger("shardtune")
+
+KERNEL_CHOICES = ("auto", "liger", "none")
+COMPILE_CHOICES = ("auto", "blocks", "none")
+# Architectures whose Liger patch (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy over lm_head) is used here.
+LIGER_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    liger: bool
+    compile_blocks: bool
+    why_not: Tuple[str, ...] = ()  # why a part `auto` would pick is off
+
+    @property
+    def fused_loss(self) -> bool:
+        """Whether the loss is computed from the hidden states without materialising the logits."""
+        return self.liger
+
+    def describe(self) -> str:
+        kernels = f"liger ({', '.join(LIGER_KERNELS)})" if self.liger else "none"
+        text = f"kernels: {kernels}; compile: {'per block' if self.compile_blocks else 'none'}"
+        return text + (f" ({'; '.join(self.why_not)})" if self.why_not else "")
+
+
+def liger_installed() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def choose(train_cfg, device_type: str, model_type: str) -> FastPath:
+    """The parts of the fast path this run uses. A part asked for by name that this device or model cannot have is
+    refused (ConfigError); `auto` turns such a part off and records why."""
+    why_not = []
+    liger = train_cfg.kernels == "liger"
+    if train_cfg.kernels != "none":
+        missing = ("needs a CUDA GPU" if device_type != "cuda"
+                   else f"not used with model_type {model_type!r} (only {', '.join(LIGER_ARCHITECTURES)})"
+                   if model_type not in LIGER_ARCHITECTURES
+                   else "liger-kernel is not installed (pip install liger-kernel)" if not liger_installed()
+                   else None)
+        if missing and liger:
+            raise ConfigError("train.kernels", f"liger {missing}")
+        liger = missing is None
+        if missing:
+            why_not.append(f"liger kernels off: {missing}")
+    compile_blocks = train_cfg.compile == "blocks" or (train_cfg.compile == "auto" and device_type == "cuda")
+    if train_cfg.compile == "auto" and device_type != "cuda":
+        why_not.append("compile off: auto compiles on CUDA only")
+    return FastPath(liger, compile_blocks, tuple(why_not))
+
+
+def apply(model, fast_path: FastPath, decoder_layers) -> None:
+    """Patch `model` (transformers or peft) in place: Liger's modules and loss, then compile each decoder block."""
+    if fast_path.liger:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        _apply_liger_kernel_to_instance(model=base, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=True)
+    if fast_path.compile_blocks:
+        import torch._dynamo
+        layers = decoder_layers(model)
+        # The blocks share one compiled graph; allow a recompile per block where guards still tell them apart,
+        # rather than a silent fall-back to eager after the default eight.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, len(layers) + 8)
+        for layer in layers:
+            layer.compile()  # in place: the strategy's hooks (FSDP2, ZeRO-3) stay on the module
+
+
+def loss_kwargs(fast_path: FastPath) -> dict:
+    """Extra forward arguments of an evaluation pass: the fused loss in eval mode too, not logits."""
+    return {"skip_logits": True} if fast_path.fused_loss else {}
+
+
+def compile_report() -> str:
+    """What torch.compile did so far, for the log: graphs compiled and graph breaks with their reasons."""
+    from torch._dynamo.utils import counters
+    breaks = counters["graph_break"]
+    text = (f"{counters['stats']['unique_graphs']} graphs compiled from {counters['frames']['ok']} frames, "
+            f"{sum(breaks.values())} graph breaks")
+    if breaks:
+        text += ": " + "; ".join(f"{reason} (x{count})" for reason, count in breaks.most_common(3))
+    return text

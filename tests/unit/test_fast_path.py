@@ -1,0 +1,55 @@
+"""train.kernels and train.compile: auto picks the fast path where the device and model have it and says why not
+elsewhere; a part asked for by name that cannot be had is refused naming its key, before any worker starts."""
+import pytest
+from omegaconf import OmegaConf
+
+from shardtune.errors import ConfigError
+from shardtune.trainer.fast_path import choose
+
+from conftest import compose_cfg, run_shardtune
+
+
+def train(**values):
+    return OmegaConf.create({"kernels": "auto", "compile": "auto", **values})
+
+
+def test_auto_is_off_on_cpu_and_says_why():
+    fast = choose(train(), "cpu", "llama")
+    assert not fast.liger and not fast.compile_blocks
+    assert fast.describe() == ("kernels: none; compile: none (liger kernels off: needs a CUDA GPU; "
+                               "compile off: auto compiles on CUDA only)")
+
+
+def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
+    monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
+    assert choose(train(), "cuda", "llama").describe() == (
+        "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: per block")
+    gpt2 = choose(train(), "cuda", "gpt2")
+    assert not gpt2.liger and gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
+
+
+def test_liger_by_name_is_refused_where_it_cannot_run(monkeypatch):
+    with pytest.raises(ConfigError, match="train.kernels.*needs a CUDA GPU"):
+        choose(train(kernels="liger"), "cpu", "llama")
+    monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: False)
+    with pytest.raises(ConfigError, match="train.kernels.*liger-kernel is not installed"):
+        choose(train(kernels="liger"), "cuda", "llama")
+
+
+def test_none_turns_each_part_off_without_a_reason():
+    assert choose(train(kernels="none", compile="none"), "cuda", "llama").describe() == "kernels: none; compile: none"
+
+
+def test_unknown_values_and_liger_on_cpu_are_refused_before_workers_start(tmp_path):
+    for setting, message in [("train.kernels=fast", "train.kernels: expected one of auto, liger, none"),
+                             ("train.compile=yes", "train.compile: expected one of auto, blocks, none"),
+                             ("train.kernels=liger", "train.kernels: liger needs a CUDA GPU")]:
+        result = run_shardtune("train", setting, f"output_dir={tmp_path / 'run'}", check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_plan_prints_the_fast_path():
+    result = run_shardtune("plan")
+    assert "fast path: kernels: none; compile: none (liger kernels off: needs a CUDA GPU" in result.stdout
+    assert compose_cfg().train.kernels == "auto"
