@@ -10,13 +10,14 @@ export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_M
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 AC=train.activation_checkpointing=true
+EAGER="train.kernels=none train.compile=none"  # offload's memory alone
 free -g > "$OUT/host.txt"; nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/host.txt"
 timeout 300 python3 benchmarks/run.py full-fsdp --size 8b --layers 20 --steps 3 --micro-batch 1 \
-    --extra $AC strategy.cpu_offload=true > "$OUT/8b-20layers-full-offload.jsonl" 2> "$OUT/8b-20layers-full-offload.err"
+    --extra $AC $EAGER strategy.cpu_offload=true > "$OUT/8b-20layers-full-offload.jsonl" 2> "$OUT/8b-20layers-full-offload.err"
 for offload in true false; do
   python3 -m shardtune.cli plan model=llama3.1-8b model.name_or_path=/tmp/shardtune-rand-8b-20layers method=full \
       "model.tokenizer=\${asset:tiny-tokenizer}" \
-      strategy=fsdp strategy.cpu_offload=$offload train.micro_batch_size=1 train.seq_len=2048 $AC \
+      strategy=fsdp strategy.cpu_offload=$offload train.micro_batch_size=1 train.seq_len=2048 $AC $EAGER \
       >> "$OUT/plans.txt" 2>&1
 done
 echo done

@@ -61,7 +61,12 @@ def run_shardtune(case: str, size: str, nproc: int, extra: list, steps: int = ST
     started = time.time()
     result = subprocess.run([sys.executable, "-m", "shardtune.cli", "train", *overrides], capture_output=True, text=True)
     if result.returncode != 0:
-        return {"case": f"shardtune {size_name}-{case}", "error": (result.stdout + result.stderr)[-3000:]}
+        from shardtune.sweep.trial import error_summary
+        output = result.stdout + result.stderr
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "output.txt").write_text(output)
+        return {"case": f"shardtune {size_name}-{case}", "error": error_summary(output.splitlines()),
+                "output_tail": output[-1500:]}
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if "step_time_s" in r and r["step"] > min(WARMUP, steps - 2)]
     step_s = statistics.median(r["step_time_s"] for r in steady)

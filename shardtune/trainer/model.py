@@ -21,7 +21,8 @@ def decoder_layers(model: torch.nn.Module) -> list:
     """The transformer blocks: modules whose class transformers lists as never to be split."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     block_names = set(getattr(base, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in block_names]
+    # By class or base class: FSDP2's fully_shard gives a sharded layer a subclass of its own (FSDPLlamaDecoderLayer).
+    layers = [m for m in model.modules() if any(cls.__name__ in block_names for cls in type(m).__mro__)]
     if not layers:
         raise ValueError(f"found no decoder layers ({sorted(block_names) or 'no _no_split_modules'}) in "
                          f"{type(base).__name__}; this architecture cannot be sharded per layer")
