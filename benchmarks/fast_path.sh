@@ -12,15 +12,17 @@ EAGER="train.kernels=none train.compile=none"
 for part in "$@"; do
   case $part in
     1b)
-      timeout 100 python3 benchmarks/run.py lora-fsdp full-fsdp >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 150 python3 benchmarks/run.py full-fsdp >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 120 python3 benchmarks/run.py lora-fsdp --extra method.dropout=0 >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       timeout 100 python3 benchmarks/run.py --baseline 1b-lora --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
     1b-eager)
-      timeout 100 python3 benchmarks/run.py lora-fsdp full-fsdp --extra $EAGER >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 100 python3 benchmarks/run.py full-fsdp --extra $EAGER >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 100 python3 benchmarks/run.py lora-fsdp --extra $EAGER method.dropout=0 >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
     tests)
-      timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
+      timeout 460 python3 -m pytest -q -p no:cacheprovider --durations=20 tests/gpu/test_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
       ;;
   esac
 done
