@@ -144,15 +144,15 @@ def worker_environment(plan: LaunchPlan) -> dict:
     return env
 
 
-def run_torchrun(plan: LaunchPlan) -> int:
-    """Run the plan's torchrun command; its exit status. On CPU, torchrun's agent runs in this process and forks
-    the workers from it (see run_forked_workers)."""
+def run_torchrun(plan: LaunchPlan, environment: Optional[dict] = None) -> int:
+    """Run the plan's torchrun command, with `environment` added to the workers'; its exit status. On CPU, torchrun's
+    agent runs in this process and forks the workers from it (see run_forked_workers)."""
     if plan.device_type == "cpu":
-        return run_forked_workers(plan)
-    return subprocess.call(plan.command, env=worker_environment(plan))
+        return run_forked_workers(plan, environment or {})
+    return subprocess.call(plan.command, env={**worker_environment(plan), **(environment or {})})
 
 
-def run_forked_workers(plan: LaunchPlan) -> int:
+def run_forked_workers(plan: LaunchPlan, environment: dict) -> int:
     """The plan's torchrun command with its elastic agent in this process, starting each worker as a fork of this
     process instead of a new interpreter: the libraries this launcher imported (torch, transformers, the trainer)
     are not imported again by every worker and after every restart, which is most of a short CPU run's time.
@@ -166,7 +166,7 @@ def run_forked_workers(plan: LaunchPlan) -> int:
 
     importlib.import_module("shardtune.trainer.worker")  # imported once here, inherited by every fork
     # The tokenizers' thread pool that data preparation used would not survive a fork: turned off, quietly.
-    environment = {**worker_environment(plan), "TOKENIZERS_PARALLELISM": "false"}
+    environment = {**worker_environment(plan), "TOKENIZERS_PARALLELISM": "false", **environment}
     saved = dict(os.environ)
     os.environ.update(environment)  # the workers' environment, before torchrun's parser reads OMP_NUM_THREADS
     sys.stdout.flush()  # or each fork would print what this process had not written yet

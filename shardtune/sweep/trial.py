@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -21,7 +21,7 @@ from ..cluster import slurm
 from ..cluster.commands import wait_for_job
 from ..errors import ConfigError, DataError
 from ..launcher.launch import prepare_run, submit_to_slurm
-from ..launcher.torchrun import worker_environment
+from ..launcher.torchrun import run_torchrun
 from ..run_dir import EVAL_FILE, PRUNED_MARKER, SUMMARY_FILE
 from .objective import EVAL_PREFIX, check_sweep_settings, direction_of, objective_value, worst_value
 from .parallel import device_slot
@@ -135,17 +135,51 @@ def train_and_measure(cfg, record: TrialRecord, environment: dict) -> None:
 def run_workers(plan, environment: dict, run_dir: Path, number: int) -> tuple:
     """torchrun with its output in <run_dir>/train.log and on the console (each line marked with the trial);
     (what went wrong or "", the last lines)."""
-    env = {**worker_environment(plan), **environment, "TQDM_DISABLE": "1"}  # log lines, not a bar
-    tail = deque(maxlen=ERROR_LINES)
-    with open(run_dir / TRAIN_LOG, "a") as train_log:
-        process = subprocess.Popen(plan.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, errors="replace")
-        for line in process.stdout:
-            train_log.write(line)
-            tail.append(line.rstrip("\n"))
-            print(f"[trial {number}] {line}", end="", flush=True)
-        returncode = process.wait()
-    return (f"the workers exited with code {returncode}" if returncode else ""), list(tail)
+    train_log = run_dir / TRAIN_LOG
+    start = train_log.stat().st_size if train_log.exists() else 0  # a retried trial appends to its log
+    with output_copied_to(train_log, f"[trial {number}] "):
+        returncode = run_torchrun(plan, {**environment, "TQDM_DISABLE": "1"})  # log lines, not a bar
+    with open(train_log, "rb") as log_file:
+        log_file.seek(start)
+        tail = log_file.read().decode(errors="replace").splitlines()[-ERROR_LINES:]
+    return (f"the workers exited with code {returncode}" if returncode else ""), tail
+
+
+@contextmanager
+def output_copied_to(log_path: Path, console_prefix: str):
+    """Everything this process and the processes it starts write to stdout and stderr, while inside: appended to
+    `log_path` and, each line marked with `console_prefix`, to the console. The workers write to file descriptors 1
+    and 2 whether they are forks of this process or new programs, so those two become a pipe, read by a forked
+    reader process (not a thread: the workers are forked from this process while it runs)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    reader = os.fork()
+    if reader == 0:
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, errors="replace") as lines, open(log_path, "a") as log_file:
+                for line in lines:
+                    log_file.write(line)
+                    log_file.flush()
+                    os.write(1, (console_prefix + line).encode(errors="replace"))
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    console = os.dup(1), os.dup(2)
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(console[0], 1)  # the last write end closes: the reader reads to the end and exits
+        os.dup2(console[1], 2)
+        os.close(console[0])
+        os.close(console[1])
+        os.waitpid(reader, 0)
 
 
 def run_slurm_job(plan, record: TrialRecord) -> tuple:

@@ -17,15 +17,15 @@ def test_auto_is_off_on_cpu_and_says_why():
     fast = choose(train(), "cpu", "llama")
     assert not fast.liger and not fast.compile_blocks
     assert fast.describe() == ("kernels: none; compile: none (liger kernels off: needs a CUDA GPU; "
-                               "compile off: auto compiles on CUDA only)")
+                               "compile off: auto does not compile yet (train.compile=blocks does))")
 
 
 def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
-    assert choose(train(), "cuda", "llama").describe() == (
+    assert choose(train(compile="blocks"), "cuda", "llama").describe() == (
         "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: per block")
     gpt2 = choose(train(), "cuda", "gpt2")
-    assert not gpt2.liger and gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
+    assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
 
 
 def test_liger_by_name_is_refused_where_it_cannot_run(monkeypatch):
