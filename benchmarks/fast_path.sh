@@ -22,7 +22,7 @@ for part in "$@"; do
       timeout 100 python3 benchmarks/run.py lora-fsdp --extra $EAGER method.dropout=0 >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
     tests)
-      timeout 460 python3 -m pytest -q -p no:cacheprovider --durations=20 tests/gpu/test_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
+      timeout 460 python3 -m pytest -q -p no:cacheprovider --durations=20 tests/gpu/test_gpu_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
       ;;
   esac
 done

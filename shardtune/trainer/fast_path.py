@@ -60,7 +60,7 @@ def choose(train_cfg, device_type: str, model_type: str) -> FastPath:
     compile_blocks = train_cfg.compile == "blocks"
     if train_cfg.compile == "auto":
         # Not yet on by default: compiled blocks crashed in a full fine-tune under DDP on an H100 (2026-12-06,
-        # tests/gpu/test_fast_path.py) and were slower than eager for 1B full under FSDP2.
+        # tests/gpu/test_gpu_fast_path.py) and were slower than eager for 1B full under FSDP2.
         why_not.append("compile off: auto does not compile yet (train.compile=blocks does)")
     return FastPath(liger, compile_blocks, tuple(why_not))
 
