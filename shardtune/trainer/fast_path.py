@@ -5,13 +5,10 @@ train.compile ask; `auto` picks each part where the device and the model support
 strategy wraps it, so that DDP, FSDP2 and DeepSpeed all wrap the fast modules.
 """
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Tuple
 
 from ..errors import ConfigError
-
-log = logging.getLogger("shardtune")
 
 KERNEL_CHOICES = ("auto", "liger", "none")
 COMPILE_CHOICES = ("auto", "blocks", "none")
