@@ -3,11 +3,7 @@
 # against the steady state) and an 8B full fine-tune with FSDP2 CPU offload; then the FSDP pairs of tests/gpu.
 # One device call, from the repository root; JSON lines and logs go to $OUT.
 set -u
-mkdir -p /tmp/site && tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 free -g > "$OUT/host.txt"; nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/host.txt"
 timeout 330 python3 benchmarks/run.py lora-fsdp qlora-fsdp --size 8b --steps 8 --micro-batch 2 \
     --extra train.activation_checkpointing=true > "$OUT/8b-lora-qlora.jsonl" 2> "$OUT/8b-lora-qlora.err"

@@ -3,11 +3,7 @@
 # and without, beside the Hugging Face Trainer with Liger, in one device call. From the repository root:
 #   bash benchmarks/fast_path.sh [1b|8b|tests]...   (JSON lines and logs under $OUT)
 set -u
-mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 EAGER="train.kernels=none train.compile=none"
 for part in "$@"; do
   case $part in

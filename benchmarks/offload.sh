@@ -2,11 +2,7 @@
 # FSDP2 CPU offload on one H200 (issue 13): 8B LoRA, and a 3B full fine-tune with and without offload; then
 # `shardtune plan` for the cases of big_models.sh and these. One device call after big_models.sh (same set-up).
 set -u
-mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 AC=train.activation_checkpointing=true
 timeout 150 python3 benchmarks/run.py lora-fsdp --size 8b --steps 5 --micro-batch 2 --extra $AC strategy.cpu_offload=true \
     > "$OUT/8b-lora-offload.jsonl" 2>&1

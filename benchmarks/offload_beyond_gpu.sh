@@ -4,11 +4,7 @@
 # 8B needs about 120 GiB of host RAM for them, more than these 125 GiB nodes have). Then `shardtune plan` for it,
 # with and without offload. From the repository root; JSON lines and the plans go to $OUT.
 set -u
-mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 AC=train.activation_checkpointing=true
 EAGER="train.kernels=none train.compile=none"  # offload's memory alone
 free -g > "$OUT/host.txt"; nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/host.txt"

@@ -1,0 +1,7 @@
+# Sourced by the device scripts: unpack the GPU site (.gpu-site.tar.xz, once per warm machine), the environment every
+# command there needs (NVLink multicast off, W&B offline), and $OUT for results.
+mkdir -p /tmp/site && [ -e /tmp/site/hf_baseline.py ] || tar xJf .gpu-site.tar.xz -C /tmp/site --strip-components=1
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
