@@ -28,8 +28,16 @@ class FastPath:
         """Whether the loss is computed from the hidden states without materialising the logits."""
         return self.liger
 
+    @property
+    def liger_kernels(self) -> Tuple[str, ...]:
+        """Liger's kernels in use. In compiled blocks the compiler fuses the norms, RoPE and SwiGLU itself, and
+        Liger's own autograd functions there would only hide them from it: then only the loss is Liger's."""
+        if not self.liger:
+            return ()
+        return LIGER_KERNELS[-1:] if self.compile_blocks else LIGER_KERNELS
+
     def describe(self) -> str:
-        kernels = f"liger ({', '.join(LIGER_KERNELS)})" if self.liger else "none"
+        kernels = f"liger ({', '.join(self.liger_kernels)})" if self.liger else "none"
         text = f"kernels: {kernels}; compile: {'per block' if self.compile_blocks else 'none'}"
         return text + (f" ({'; '.join(self.why_not)})" if self.why_not else "")
 
@@ -67,8 +75,9 @@ def apply(model, fast_path: FastPath, decoder_layers) -> None:
     if fast_path.liger:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        _apply_liger_kernel_to_instance(model=base, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                        fused_linear_cross_entropy=True)
+        in_blocks = "rms_norm" in fast_path.liger_kernels
+        _apply_liger_kernel_to_instance(model=base, rope=in_blocks, rms_norm=in_blocks, swiglu=in_blocks,
+                                        cross_entropy=False, fused_linear_cross_entropy=True)
     if fast_path.compile_blocks:
         import torch._dynamo
         layers = decoder_layers(model)

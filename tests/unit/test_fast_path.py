@@ -22,8 +22,12 @@ def test_auto_is_off_on_cpu_and_says_why():
 
 def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
+    assert choose(train(), "cuda", "llama").describe() == (
+        "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: none "
+        "(compile off: auto does not compile yet (train.compile=blocks does))")
+    # Compiled blocks fuse the norms, RoPE and SwiGLU themselves; Liger keeps the loss.
     assert choose(train(compile="blocks"), "cuda", "llama").describe() == (
-        "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: per block")
+        "kernels: liger (fused linear cross-entropy); compile: per block")
     gpt2 = choose(train(), "cuda", "gpt2")
     assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
 
