@@ -1,0 +1,18 @@
+"""train.compile=blocks compiles each decoder block in place (the strategy's hooks stay on it) and changes no loss:
+on 2 CPU workers under FSDP2, compiled blocks give the eager run's losses step by step."""
+from conftest import SHARED_RUNS, run_shardtune, train_losses
+
+import pytest
+
+AGREEMENT_RTOL = 2e-4  # as test_matrix: the same math, summed in another order
+
+
+def test_compiled_blocks_give_the_eager_losses_under_fsdp(shared_run, tmp_path):
+    eager = train_losses(shared_run("lora-fsdp"))
+    result = run_shardtune("train", *SHARED_RUNS["lora-fsdp"], "train.compile=blocks", f"output_dir={tmp_path}")
+    assert "compile: per block" in result.stdout + result.stderr
+    assert "0 graph breaks" in result.stdout + result.stderr
+    compiled = train_losses(tmp_path)
+    assert sorted(compiled) == sorted(eager)
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step
