@@ -252,6 +252,8 @@ _SUMMARY_LABELS = {
     "load_peak_mem_alloc_gib": "peak GPU memory after loading",
     "weights_gib_per_rank": "weights held by each rank",
     "host_peak_gib_per_rank": "peak host memory of each rank",
+    "fast_path": "fast path",
+    "compile": "torch.compile",
     "wall_time_s": "wall time",
     "saved_to": "model saved to",
 }
