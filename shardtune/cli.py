@@ -50,17 +50,17 @@ def train(cfg: DictConfig):
 
 def plan(cfg: DictConfig) -> None:
     from .launcher.fit import fit_report
-    from .launcher.memory import estimate_memory, model_config
+    from .launcher.memory import estimate_memory
     from .launcher.torchrun import plan_launch
-    from .trainer import fast_path
     launch = plan_launch(cfg, check_devices=False)
     cfg = launch.config
+    estimate = estimate_memory(cfg, launch.world_size)
     print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
     print(f"world size: {launch.world_size} ({cfg.launcher.nnodes} node(s) x {launch.nproc_per_node} "
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
     print(f"global batch: {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {launch.world_size} = "
           f"{cfg.train.micro_batch_size * cfg.train.grad_accum * launch.world_size} sequences of <= {cfg.train.seq_len} tokens")
-    print(f"fast path: {fast_path.choose(cfg.train, launch.device_type, model_config(cfg.model).model_type).describe()}")
+    print(f"fast path: {estimate.fast_path}")
     if cfg.cluster.name == "slurm":
         from .cluster.slurm import SCRIPT_NAME, SLURM_DIR, batch_script
         print(f"each node (one srun task per node): {launch.command_line()}")
@@ -72,7 +72,7 @@ def plan(cfg: DictConfig) -> None:
         from .precision import DTYPES
         from .trainer.strategies.deepspeed import deepspeed_config
         print("DeepSpeed config:\n" + json.dumps(deepspeed_config(cfg, DTYPES[cfg.train.precision]), indent=2))
-    print(estimate_memory(cfg, launch.world_size).format())
+    print(estimate.format())
     print(fit_report(cfg, launch.world_size))
 
 

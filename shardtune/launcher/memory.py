@@ -239,6 +239,7 @@ class MemoryEstimate:
     host: MemoryTable
     notes: Dict[str, str] = field(default_factory=dict)
     summary: str = ""
+    fast_path: str = ""  # the kernels and compilation the estimate assumes (fast_path.FastPath.describe)
     num_parameters: int = 0
     num_trainable_parameters: int = 0
 
@@ -369,7 +370,8 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
     gathered, gathered_note = _gathered(run)
     activations, activations_note = _activations(config, cfg, precision, ddp_autocast_full or compute_bytes == 4)
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    if fast_path.choose(cfg.train, run.device, config.model_type).fused_loss:
+    fast = fast_path.choose(cfg.train, run.device, config.model_type)
+    if fast.fused_loss:
         # Liger's fused linear cross-entropy: logits only for a chunk of the tokens at a time (about b*s*h of them),
         # and the fp32 gradients of the hidden states and, when the head trains, of the head.
         head_grad = config.vocab_size * config.hidden_size * 4 if method.name == "full" else 0
@@ -390,6 +392,7 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
     return MemoryEstimate(
         weights=weights, grads=grads, optimizer=optimizer, gathered=gathered, activations=activations, logits=logits,
         cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run), host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES),
+        fast_path=fast.describe(),
         notes={
             "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note, "gathered": gathered_note,
             "activations": activations_note, "logits": logits_note,

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -139,9 +140,9 @@ def run_workers(plan, environment: dict, run_dir: Path, number: int) -> tuple:
     start = train_log.stat().st_size if train_log.exists() else 0  # a retried trial appends to its log
     with output_copied_to(train_log, f"[trial {number}] "):
         returncode = run_torchrun(plan, {**environment, "TQDM_DISABLE": "1"})  # log lines, not a bar
-    with open(train_log, "rb") as log_file:
+    with open(train_log, errors="replace") as log_file:
         log_file.seek(start)
-        tail = log_file.read().decode(errors="replace").splitlines()[-ERROR_LINES:]
+        tail = [line.rstrip("\n") for line in deque(log_file, maxlen=ERROR_LINES)]
     return (f"the workers exited with code {returncode}" if returncode else ""), tail
 
 

@@ -148,9 +148,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)  # token losses since the last log, this rank
         label_tokens_since_log = 0
         strategy.model.train()
+        first_step = self.step + 1  # of this process: a resumed run compiles again
         while self.step < self.total_steps:
             self.throughput.step_started()
-            step_started = time.time()
             micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
@@ -176,11 +176,11 @@ class Trainer:
                 loss_sum += loss.detach().float() * tokens_per_rank
             grad_norm = strategy.step()
             self.step += 1
-            if self.step == 1 and self.fast_path.compile_blocks and self.rank == 0:
-                log.info("compile: the first step took %.1f s with compilation; %s", time.time() - step_started,
-                         fast_path.compile_report())
             label_tokens_since_log += label_tokens
             self.throughput.step_done(input_tokens)
+            if self.step == first_step and self.fast_path.compile_blocks and self.rank == 0:
+                log.info("compile: the first step took %.1f s with compilation; %s",
+                         self.throughput.totals()["step_time_s"], fast_path.compile_report())
             if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
                 dist.all_reduce(loss_sum)
                 self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
