@@ -265,6 +265,17 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
     activation_checkpointing: bool = False
+    """Recompute decoder layers' activations in backward instead of keeping them from the forward: much less memory
+    for about a third more compute."""
+    activation_checkpointing_every: int = 1
+    """Checkpoint every k-th decoder layer only (1 = all); the others keep their activations: faster, more memory."""
+    activation_checkpointing_policy: str = "layer"
+    """What a checkpointed layer keeps. layer: only its input (the whole layer is recomputed); ops: also its matmul
+    and attention outputs (torchtitan's per-op selective checkpointing), so backward recomputes only the pointwise
+    ops (norms, RoPE, SwiGLU): faster, more memory."""
+    activation_offload: bool = False
+    """With activation_checkpointing: what the checkpointed layers keep waits for backward in pinned host memory,
+    not on the GPU (a copy each way per layer and step; slower, frees layers*b*s*h*2 bytes)."""
     kernels: str = "auto"
     """Fused GPU kernels. liger: Liger-Kernel's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy (the logits of
     a whole sequence are never materialised, in training or evaluation); none: transformers' own modules; auto:

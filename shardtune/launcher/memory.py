@@ -20,6 +20,7 @@ from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
 from ..trainer import fast_path
+from ..trainer.activations import describe as describe_checkpointing
 from ..trainer.model import decoder_layers
 
 GIB = 1024**3
@@ -239,7 +240,7 @@ class MemoryEstimate:
     host: MemoryTable
     notes: Dict[str, str] = field(default_factory=dict)
     summary: str = ""
-    fast_path: str = ""  # the kernels and compilation the estimate assumes (fast_path.FastPath.describe)
+    fast_path: str = ""  # the kernels, compilation and activation checkpointing the estimate assumes
     num_parameters: int = 0
     num_trainable_parameters: int = 0
 
@@ -368,7 +369,8 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
             + _placement(shard.optimizer, world_size)
         )
     gathered, gathered_note = _gathered(run)
-    activations, activations_note = _activations(config, cfg, precision, ddp_autocast_full or compute_bytes == 4)
+    activations, offloaded_activations, activations_note = _activations(config, cfg, precision,
+                                                                        ddp_autocast_full or compute_bytes == 4)
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
     fast = fast_path.choose(cfg.train, run.device, config.model_type)
     if fast.fused_loss:
@@ -391,8 +393,9 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         method_text += f" {method.bits}-bit"
     return MemoryEstimate(
         weights=weights, grads=grads, optimizer=optimizer, gathered=gathered, activations=activations, logits=logits,
-        cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run), host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES),
-        fast_path=fast.describe(),
+        cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run),
+        host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES, offloaded_activations),
+        fast_path=f"{fast.describe()}; {describe_checkpointing(cfg.train, run.device)}",
         notes={
             "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note, "gathered": gathered_note,
             "activations": activations_note, "logits": logits_note,
@@ -546,12 +549,16 @@ def _load_transient(run: _Run) -> Tuple[int, str]:
     return 0, "none: the model moves to the GPU one tensor at a time"
 
 
-def _host_per_node(run: _Run, steady_without_context: int) -> MemoryTable:
+def _host_per_node(run: _Run, steady_without_context: int, offloaded_activations: int) -> MemoryTable:
     """Host RAM of one node: its processes, the model copies its ranks hold while loading, and the training
     state offloaded to it (CPU workers: their whole training state)."""
     processes = run.ranks_per_node * WORKER_BASELINE_BYTES[run.device] + LAUNCHER_BYTES
     loading, loading_note = _host_loading(run)
     offloaded, offloaded_note = _host_offloaded(run)
+    if offloaded_activations:  # train.activation_offload
+        offloaded_note = ((f"{offloaded_note}; + " if offloaded else "")
+                          + f"{run.ranks_per_node} rank(s) x the checkpointed layers' kept activations")
+        offloaded += run.ranks_per_node * offloaded_activations
     rows = [("processes", processes, f"{run.ranks_per_node} worker(s) x {WORKER_BASELINE_BYTES[run.device] / GIB:.0f} "
                                      f"GiB (Python, torch, {'CUDA, NCCL, ' if run.device == 'cuda' else ''}libraries) "
                                      f"+ {LAUNCHER_BYTES / GIB:.0f} GiB launcher and torchrun"),
@@ -626,8 +633,11 @@ def _checkpoint_file_bytes(run: _Run) -> int:
     return min(HUB_CHECKPOINT_FILE_BYTES, run.counts.total * 2)
 
 
-def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool) -> Tuple[int, str]:
-    s, b = cfg.train.seq_len, cfg.train.micro_batch_size
+def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool) -> Tuple[int, int, str]:
+    """(bytes on the GPU, bytes offloaded to host memory per rank, what it assumes) of the activations one micro
+    batch keeps for backward."""
+    train = cfg.train
+    s, b = train.seq_len, train.micro_batch_size
     h, num_layers, a = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     intermediate = getattr(config, "intermediate_size", None) or 4 * h
     scale = 2 if precision == "fp32" else 1  # the constants count 16-bit activations
@@ -636,15 +646,25 @@ def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: b
     per_token = LAYER_BYTES_PER_HIDDEN * h + LAYER_BYTES_PER_INTERMEDIATE * intermediate + scores_per_token
     one_layer = int(s * b * per_token * scale)
     attention_note = "eager attention: + s x s scores" if keeps_scores else f"{cfg.model.attn_implementation}: no s x s scores"
-    if cfg.train.activation_checkpointing:
-        # Only each layer's input survives the forward; backward recomputes one layer at a time.
-        # The residual stream is fp32 when fp32 parameters run under autocast (DDP full fine-tune).
-        residual_bytes = 4 if fp32_residual else 2
-        kept_inputs = residual_bytes * s * b * h * num_layers
-        return kept_inputs + one_layer, (
-            f"checkpointing: {residual_bytes}*s*b*h*L layer inputs + one layer recomputed; {attention_note}"
-        )
-    return num_layers * one_layer, f"L*s*b*(30h+8.5i) (measured, HF layers); {attention_note}"
+    if not train.activation_checkpointing:
+        return num_layers * one_layer, 0, f"L*s*b*(30h+8.5i) (measured, HF layers); {attention_note}"
+    # Each checkpointed layer keeps its input (the residual stream is fp32 when fp32 parameters run under autocast,
+    # as a DDP full fine-tune does), and with the `ops` policy its matmul and attention outputs too: q, k, v,
+    # attention, o, gate, up, down. Backward recomputes one layer at a time.
+    checkpointed = -(-num_layers // train.activation_checkpointing_every)
+    residual_bytes = 4 if fp32_residual else 2
+    kept_per_token = residual_bytes * h
+    kept_note = f"{residual_bytes}*s*b*h layer inputs"
+    if train.activation_checkpointing_policy == "ops":
+        kv_width = h * config.num_key_value_heads // a if getattr(config, "num_key_value_heads", None) else h
+        kept_per_token += 2 * scale * (5 * h + 2 * kv_width + 2 * intermediate)
+        kept_note = f"{residual_bytes}*s*b*h layer inputs + matmul and attention outputs"
+    kept = s * b * kept_per_token * checkpointed
+    on_gpu = (num_layers - checkpointed) * one_layer + one_layer
+    layers_note = "every layer" if checkpointed == num_layers else f"{checkpointed} of {num_layers} layers"
+    if train.activation_offload:
+        return on_gpu, kept, f"checkpointing {layers_note}: {kept_note} in host memory; one layer recomputed"
+    return on_gpu + kept, 0, f"checkpointing {layers_note}: {kept_note} + one layer recomputed; {attention_note}"
 
 
 def _resident(num_bytes: int, shard: Sharding) -> int:

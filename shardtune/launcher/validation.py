@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
 from ..strategy_registry import STRATEGIES, strategies_for
+from ..trainer.activations import POLICIES as CHECKPOINT_POLICIES
 from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -273,6 +274,21 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
         raise ConfigError("train.kernels", f"expected one of {', '.join(KERNEL_CHOICES)}, got {train.kernels!r}")
     if train.compile not in COMPILE_CHOICES:
         raise ConfigError("train.compile", f"expected one of {', '.join(COMPILE_CHOICES)}, got {train.compile!r}")
+    _validate_checkpointing(train)
+
+
+def _validate_checkpointing(train) -> None:
+    if train.activation_checkpointing_every < 1:
+        raise ConfigError("train.activation_checkpointing_every", f"must be >= 1, got {train.activation_checkpointing_every}")
+    if train.activation_checkpointing_policy not in CHECKPOINT_POLICIES:
+        raise ConfigError("train.activation_checkpointing_policy",
+                          f"expected one of {', '.join(CHECKPOINT_POLICIES)}, got {train.activation_checkpointing_policy!r}")
+    if not train.activation_checkpointing:  # the settings below refine checkpointing: alone they would do nothing
+        changed = [key for key, default in (("activation_checkpointing_every", 1),
+                                            ("activation_checkpointing_policy", "layer"), ("activation_offload", False))
+                   if getattr(train, key) != default]
+        if changed:
+            raise ConfigError(f"train.{changed[0]}", "only applies with train.activation_checkpointing=true")
 
 
 def _validate_optim(optim) -> None:

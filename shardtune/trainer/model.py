@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..precision import DTYPES
 from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
+from . import activations
 
 
 def decoder_layers(model: torch.nn.Module) -> list:
@@ -104,9 +105,7 @@ def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dty
     """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
     method = cfg.method.name
     model = load_base_model(cfg, source, device, compute_dtype)
-    if cfg.train.activation_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    activations.enable(model, cfg.train, device.type)
     if method in ("lora", "qlora"):
         model = add_lora(model, cfg.method)
         init_adapters(model, cfg.train.seed)

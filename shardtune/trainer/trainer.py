@@ -23,7 +23,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import checkpoint, fast_path, preemption, pruning
+from . import activations, checkpoint, fast_path, preemption, pruning
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
 from .model import count_parameters, decoder_layers, model_source
@@ -108,7 +108,8 @@ class Trainer:
             log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
                      "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
                      f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
-            log.info("fast path: %s", self.fast_path.describe())
+            log.info("fast path: %s; %s", self.fast_path.describe(),
+                     activations.describe(cfg.train, self.device.type))
 
     def build_data(self) -> None:
         cfg = self.cfg

@@ -9,11 +9,12 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from . import activations
 from .model import load_dtype
 from .sharded_loading import check_complete, local_weights_dir, read_tensor, tensor_files
 
 
-def build_partitioned_model(cfg, source: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+def build_partitioned_model(cfg, source: str, device: torch.device, compute_dtype: torch.dtype) -> torch.nn.Module:
     """The full fine-tuning model, partitioned by ZeRO-3 while it is built. Call while transformers' HfDeepSpeedConfig
     for stage 3 is alive: it is what makes transformers build under zero.Init."""
     import deepspeed
@@ -31,6 +32,5 @@ def build_partitioned_model(cfg, source: str, compute_dtype: torch.dtype) -> tor
             if dist.get_rank() == 0:
                 with torch.no_grad():
                     param.copy_(read_tensor(files, name))
-    if cfg.train.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    activations.enable(model, cfg.train, device.type)
     return model

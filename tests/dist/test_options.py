@@ -20,11 +20,13 @@ def test_grad_accum_matches_a_bigger_micro_batch(tmp_path, shared_run):
         assert accumulated[step] == pytest.approx(loss, rel=1e-4), f"step {step}"
 
 
-@pytest.mark.parametrize("method,strategy", [("full", "zero3"), ("lora", "fsdp")])
-def test_activation_checkpointing_changes_memory_not_math(tmp_path, shared_run, method, strategy):
+@pytest.mark.parametrize("method,strategy,refinements", [
+    ("full", "zero3", []), ("lora", "fsdp", []),
+    ("lora", "ddp", ["train.activation_checkpointing_every=2", "train.activation_checkpointing_policy=ops"])])
+def test_activation_checkpointing_changes_memory_not_math(tmp_path, shared_run, method, strategy, refinements):
     plain = train_losses(shared_run(f"{method}-{strategy}"))
     recomputed = losses_of(tmp_path, "recomputed", f"method={method}", f"strategy={strategy}",
-                           "train.activation_checkpointing=true")
+                           "train.activation_checkpointing=true", *refinements)
     for step, loss in plain.items():
         assert recomputed[step] == pytest.approx(loss, rel=1e-5), f"step {step}"
 

@@ -204,6 +204,24 @@ def test_activation_checkpointing_lowers_activations():
     assert with_checkpointing.logits == without.logits  # the loss still needs the full logits
 
 
+def test_selective_checkpointing_and_offload_sit_between_none_and_full():
+    base = ("model=llama3.1-8b", "method=lora", "train.seq_len=2048", "train.micro_batch_size=2")
+    ac = ("train.activation_checkpointing=true",)
+    plain, full, half, ops, offloaded = (estimate_memory(compose_cfg(*base, *extra), 1) for extra in [
+        (), ac, (*ac, "train.activation_checkpointing_every=2"), (*ac, "train.activation_checkpointing_policy=ops"),
+        (*ac, "train.activation_offload=true")])
+    assert full.activations < ops.activations < half.activations < plain.activations
+    s, b, h, layers = 2048, 2, 4096, 32
+    one_layer = plain.activations // layers
+    # Every second layer checkpointed: 16 keep their input, 16 keep everything, and one is recomputed.
+    assert half.activations == pytest.approx(16 * s * b * h * 2 + 17 * one_layer, rel=1e-6)
+    # Offloaded: the layer inputs move from the GPU into the node's host memory.
+    kept_inputs = layers * s * b * h * 2
+    assert full.activations - offloaded.activations == kept_inputs
+    assert offloaded.host.bytes_of("offloaded") - full.host.bytes_of("offloaded") == kept_inputs
+    assert "host memory" in offloaded.notes["activations"]
+
+
 def test_eager_attention_adds_the_score_matrix_and_fp32_doubles_activations():
     sdpa = estimate_memory(compose_cfg("model=llama3.1-8b", "train.seq_len=1024"), 1)
     eager = estimate_memory(compose_cfg("model=llama3.1-8b", "train.seq_len=1024", "model.attn_implementation=eager"), 1)

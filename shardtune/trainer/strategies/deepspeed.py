@@ -69,7 +69,7 @@ class DeepSpeedStrategy(Strategy):
         # While this object lives, transformers builds models under zero.Init, partitioned as they are built.
         from transformers.integrations import HfDeepSpeedConfig
         self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)
-        return build_partitioned_model(self.cfg, source, self.dtype)
+        return build_partitioned_model(self.cfg, source, self.device, self.dtype)
 
     def expose_head_to_fused_loss(self, model):
         if self.cfg.strategy.stage != 3:

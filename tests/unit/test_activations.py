@@ -1,0 +1,68 @@
+"""train.activation_checkpointing and its refinements (every k-th layer, the per-op policy, host offload) change
+memory, never the gradients; settings that refine checkpointing are refused, naming their key, when it is off."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from shardtune.errors import ConfigError
+from shardtune.launcher.validation import _validate_checkpointing
+from shardtune.trainer import activations
+
+from conftest import compose_cfg
+
+VARIANTS = {"every layer": {}, "every 2nd layer": {"activation_checkpointing_every": 2},
+            "ops": {"activation_checkpointing_policy": "ops"}, "offloaded": {"activation_offload": True}}
+
+
+def train_cfg(checkpointing: bool = True, **values):
+    defaults = {"activation_checkpointing_every": 1, "activation_checkpointing_policy": "layer",
+                "activation_offload": False}
+    return OmegaConf.create({"activation_checkpointing": checkpointing, **defaults, **values})
+
+
+def gradients(cfg) -> dict:
+    architecture = OmegaConf.to_container(compose_cfg("model=tiny").model.architecture)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**architecture, "num_hidden_layers": 4}))
+    model.config.use_cache = False
+    activations.enable(model, cfg, "cpu")  # on CPU, activation_offload is off (nothing to offload from)
+    model.train()
+    ids = torch.randint(0, architecture["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=ids).loss.backward()
+    flags = [layer.gradient_checkpointing for layer in model.model.layers]
+    return {"flags": flags, **{name: p.grad.clone() for name, p in model.named_parameters()}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_checkpointing_keeps_the_gradients(variant):
+    plain, checkpointed = gradients(train_cfg(False)), gradients(train_cfg(**VARIANTS[variant]))
+    assert plain.pop("flags") == [False] * 4
+    flags = checkpointed.pop("flags")
+    assert flags == ([True, False, True, False] if variant == "every 2nd layer" else [True] * 4)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_describe_names_what_is_kept_and_where():
+    assert activations.describe(train_cfg(False), "cuda") == "activation checkpointing: off"
+    everything = train_cfg(activation_checkpointing_every=2, activation_checkpointing_policy="ops",
+                           activation_offload=True)
+    assert activations.describe(everything, "cuda") == (
+        "activation checkpointing: every 2nd layer, matmul and attention outputs kept, in host memory")
+    assert activations.describe(everything, "cpu").endswith(
+        "kept (offload off: activations are in host memory on CPU)")
+
+
+@pytest.mark.parametrize("key, value", [("activation_checkpointing_every", 2), ("activation_offload", True),
+                                        ("activation_checkpointing_policy", "ops")])
+def test_refinements_without_checkpointing_are_refused(key, value):
+    with pytest.raises(ConfigError, match=f"train.{key}.*only applies with train.activation_checkpointing=true"):
+        _validate_checkpointing(train_cfg(False, **{key: value}))
+
+
+def test_unknown_policy_and_bad_interval_are_refused():
+    with pytest.raises(ConfigError, match="train.activation_checkpointing_policy.*layer, ops"):
+        _validate_checkpointing(train_cfg(activation_checkpointing_policy="selective"))
+    with pytest.raises(ConfigError, match="train.activation_checkpointing_every.*>= 1"):
+        _validate_checkpointing(train_cfg(activation_checkpointing_every=0))
