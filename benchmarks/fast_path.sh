@@ -1,7 +1,7 @@
 #!/bin/bash
 # The fast path on one GPU (issue 14): shardtune's 1B cases with the fast path (train.kernels / train.compile auto)
 # and without, beside the Hugging Face Trainer with Liger, in one device call. From the repository root:
-#   bash benchmarks/fast_path.sh [1b|8b|tests]...   (JSON lines and logs under $OUT)
+#   bash benchmarks/fast_path.sh [1b|1b-eager|1b-full|curves|tests]...   (JSON lines and logs under $OUT)
 set -u
 source "$(dirname "$0")/device_env.sh"
 EAGER="train.kernels=none train.compile=none"
@@ -17,8 +17,36 @@ for part in "$@"; do
       timeout 100 python3 benchmarks/run.py full-fsdp --extra $EAGER >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       timeout 100 python3 benchmarks/run.py lora-fsdp --extra $EAGER method.dropout=0 >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
+    curves)
+      # Why the full fine-tunes drift: FSDP2 at the test's old lr (1e-3), eager against each part alone.
+      L="method=full strategy=fsdp optim.lr=1e-3 train.kernels=none train.compile=none"
+      timeout 400 python3 benchmarks/loss_curves.py "$OUT/curves" "$L" "${L/kernels=none/kernels=liger}" \
+        "${L/compile=none/compile=blocks}" > "$OUT/curves.jsonl" 2>&1 &
+      for case in full-fsdp full-zero3 variants; do
+        timeout 400 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
+          --basetemp="$OUT/pytest-$case" > "$OUT/fast-path-$case.txt" 2>&1 &
+      done
+      wait
+      ;;
+    1b-full)
+      # The 1B full fine-tune with and without the fast path, beside HF + Liger; steps 8-9 profiled.
+      P="train.profile_steps=[8,9]"
+      mkdir -p "$OUT/profiles"
+      timeout 150 python3 benchmarks/run.py full-fsdp --extra $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-fast.txt"
+      timeout 100 python3 benchmarks/run.py full-fsdp --extra $EAGER $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-eager.txt"
+      timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      ;;
     tests)
-      timeout 460 python3 -m pytest -q -p no:cacheprovider --durations=20 tests/gpu/test_gpu_fast_path.py > "$OUT/gpu-tests.txt" 2>&1
+      # One pytest per case, side by side (small models: the GPU has room, and each case's log stays whole).
+      for case in full-ddp full-fsdp full-zero3 lora-ddp lora-fsdp qlora-ddp qlora-fsdp; do
+        timeout 420 python3 -m pytest -q -p no:cacheprovider -x "tests/gpu/test_gpu_fast_path.py" -k "$case" \
+          > "$OUT/fast-path-$case.txt" 2>&1 &
+      done
+      timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py > "$OUT/pairs.txt" 2>&1 &
+      wait
+      tail -n 3 "$OUT"/fast-path-*.txt "$OUT/pairs.txt"
       ;;
   esac
 done

@@ -285,6 +285,9 @@ class TrainConfig:
     """torch.compile. blocks: each decoder layer compiled on its own (as torchtitan does; compile errors are raised,
     never a silent fall-back to eager); none: eager; auto: none for now (blocks still fail for some methods and
     strategies on the GPU; the log says so)."""
+    profile_steps: List[int] = field(default_factory=list)
+    """[first, last]: record these optimizer steps with torch.profiler; each rank writes a Chrome trace and a table
+    of its costliest operators into <output_dir>/profile/. Empty = no profiling."""
     seed: int = 42
     log_interval: int = 1
     eval_interval: int = 0

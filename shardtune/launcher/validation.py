@@ -275,6 +275,9 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
     if train.compile not in COMPILE_CHOICES:
         raise ConfigError("train.compile", f"expected one of {', '.join(COMPILE_CHOICES)}, got {train.compile!r}")
     _validate_checkpointing(train)
+    steps = list(train.profile_steps)
+    if steps and not (len(steps) == 2 and 1 <= steps[0] <= steps[1]):
+        raise ConfigError("train.profile_steps", f"expected [first, last] with 1 <= first <= last, got {steps}")
 
 
 def _validate_checkpointing(train) -> None:

@@ -24,6 +24,7 @@ from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
 from . import activations, checkpoint, fast_path, preemption, pruning
+from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
 from .model import count_parameters, decoder_layers, model_source
@@ -150,8 +151,10 @@ class Trainer:
         label_tokens_since_log = 0
         strategy.model.train()
         first_step = self.step + 1  # of this process: a resumed run compiles again
+        profiler = StepProfiler(cfg.train.profile_steps, cfg.output_dir, self.rank, self.device)
         while self.step < self.total_steps:
             self.throughput.step_started()
+            profiler.step_started(self.step + 1)
             micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
@@ -179,6 +182,7 @@ class Trainer:
             self.step += 1
             label_tokens_since_log += label_tokens
             self.throughput.step_done(input_tokens)
+            profiler.step_done(self.step)
             if self.step == first_step and self.fast_path.compile_blocks and self.rank == 0:
                 log.info("compile: the first step took %.1f s with compilation; %s",
                          self.throughput.totals()["step_time_s"], fast_path.compile_report())
