@@ -300,6 +300,15 @@ class TrainConfig:
     """How many periodic checkpoints to keep, oldest deleted first; 0 keeps all."""
     save_final: bool = True
     """Write final/ (adapter or model) at the end; throughput benchmarks turn it off."""
+    grace_period_s: float = 25.0
+    """After SIGTERM (Slurm preemption, Kubernetes, `kill`), how long the workers have to finish the step and
+    save a complete checkpoint before they exit without one. Keep it below what the scheduler waits between
+    SIGTERM and SIGKILL (Slurm's KillWait or the partition's GraceTime, Kubernetes'
+    terminationGracePeriodSeconds: 30 s by default)."""
+    skip_nonfinite_steps: int = 0
+    """Steps with a NaN or infinite gradient norm (any rank's loss NaN or inf makes it so) that are skipped (no
+    optimizer update, gradients dropped, every rank alike) before the run stops; 0 stops at the first.
+    DDP and FSDP only; not with fp16, where the loss scaler skips overflowing steps itself."""
 
 
 @dataclass

@@ -138,9 +138,9 @@ SLOW_FILES = ["tests/dist/test_matrix.py", "tests/sweep/test_optuna_sweeps.py", 
               "tests/dist/test_preemption.py"]
 
 
-# The tiers, by the folder a test file is in (pyproject.toml documents the markers). `make test-fast` runs the unit
+# The tiers, by the folder a test file is in (pyproject.toml documents the markers; tests/faults is dist). `make test-fast` runs the unit
 # tier and the dist tests marked `fast`; `make test` runs everything.
-TIERS = {"unit": "unit", "dist": "dist", "sweep": "dist", "cluster": "cluster", "gpu": "gpu"}
+TIERS = {"unit": "unit", "dist": "dist", "sweep": "dist", "faults": "dist", "cluster": "cluster", "gpu": "gpu"}
 
 
 def pytest_collection_modifyitems(config, items):

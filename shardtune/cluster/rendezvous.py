@@ -6,6 +6,7 @@ a node that cannot reach node 0 (a wrong address, a firewall, an interface the o
 waits silently until torchrun's join timeout, ten minutes by default.
 """
 import hashlib
+import math
 import os
 import socket
 import time
@@ -56,6 +57,21 @@ def socket_environment(launcher) -> dict:
     if not launcher.socket_ifname:
         return {}
     return {"NCCL_SOCKET_IFNAME": launcher.socket_ifname, "GLOO_SOCKET_IFNAME": launcher.socket_ifname}
+
+
+def agent_environment(cfg) -> dict:
+    """Environment for torchrun's agent. It forwards a SIGTERM it receives to the workers and waits
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds before it kills them: the workers' grace period to save a checkpoint
+    (train.grace_period_s), and a little more for them to report that they did.
+
+    Where it may restart the workers (launcher.max_restarts): the rendezvous store the agent shares with the workers
+    keeps the failed group's addresses, which the restarted group can read instead of its own and fail to connect
+    (pytorch/pytorch#135712; seen here with gloo: "connectFullMesh failed ... Connection refused"). Without the
+    sharing, rank 0 of each attempt hosts a fresh store."""
+    environment = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(math.ceil(cfg.train.grace_period_s) + 5)}
+    if cfg.launcher.max_restarts:
+        environment["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    return environment
 
 
 # glibc serves large allocations from mmap and returns them to the system when freed, until the first such free

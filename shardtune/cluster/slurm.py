@@ -12,8 +12,8 @@ The job, per run directory:
 
 One srun task per node runs torchrun with the c10d rendezvous on the first node, at that node's address
 as Slurm knows it (NodeAddr: node names need not resolve). Slurm sends SIGUSR1 to the tasks
-`signal_before_limit_s` before the time limit; the workers save a checkpoint, write PREEMPTED and stop;
-the script then requeues the job, and the requeued job resumes from the checkpoint (resume=auto).
+`signal_before_limit_s` before the time limit, and SIGTERM on a preemption; the workers save a checkpoint, write
+PREEMPTED and stop; the script then requeues the job, and the requeued job resumes from the checkpoint (resume=auto).
 """
 import logging
 import os
@@ -22,10 +22,10 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ConfigError
-# Rank 0 writes PREEMPTED after the checkpoint it saved on SIGUSR1; the batch script requeues when it finds
-# it. A file rather than an exit code: torchrun reports any failed worker as exit code 1.
+# Rank 0 writes PREEMPTED after the checkpoint it saved on SIGUSR1 or SIGTERM; the batch script requeues when it
+# finds it. A file rather than an exit code: torchrun reports any failed worker as exit code 1.
 from ..run_dir import PREEMPTED_MARKER
-from .rendezvous import ALLOCATOR_ENVIRONMENT, c10d_arguments, socket_environment
+from .rendezvous import ALLOCATOR_ENVIRONMENT, agent_environment, c10d_arguments, socket_environment
 
 log = logging.getLogger("shardtune")
 SLURM_DIR = "slurm"
@@ -119,7 +119,7 @@ def sbatch_directives(cfg, output_dir: Path) -> list:
 def batch_script(cfg, config_path: Path, python: str) -> str:
     """The sbatch script of a run: readable, and resubmittable as it stands."""
     output_dir = config_path.parent
-    environment = dict(socket_environment(cfg.launcher))
+    environment = {**socket_environment(cfg.launcher), **agent_environment(cfg)}
     environment.update({name: f"${{{name}:-{value}}}" for name, value in ALLOCATOR_ENVIRONMENT.items()})
     if cfg.launcher.device == "cpu":  # share each node's cores between its workers
         workers, cpus = cfg.launcher.nproc_per_node, f"${{SLURM_CPUS_ON_NODE:-{cfg.launcher.nproc_per_node}}}"
@@ -151,13 +151,17 @@ def batch_script(cfg, config_path: Path, python: str) -> str:
              "    exec " + shell_join(node_command(cfg, config_path, python)),
              "}",
              "export -f run_node",
+             "# On a preemption (or scancel) Slurm sends SIGTERM to this script and to the tasks, and SIGKILL after",
+             "# KillWait or GraceTime: the workers save a checkpoint within train.grace_period_s and stop. Trapped,",
+             "# the signal lets this script wait for srun and requeue below, as on SIGUSR1.",
+             "trap 'echo \"shardtune: SIGTERM; the workers save a checkpoint and stop\"' TERM",
              "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c run_node",
              "status=$?",
              "",
-             "# The workers leave PREEMPTED after the checkpoint they saved on SIGUSR1: requeue, and the requeued",
-             "# job resumes from that checkpoint (the run's config says resume=auto).",
+             "# The workers leave PREEMPTED after the checkpoint they saved on SIGUSR1 or SIGTERM: requeue, and the",
+             "# requeued job resumes from that checkpoint (the run's config says resume=auto).",
              f"if [ -e {marker} ]; then",
-             '    echo "shardtune: checkpoint saved before the time limit; requeueing job $SLURM_JOB_ID"',
+             '    echo "shardtune: checkpoint saved on a signal (time limit or preemption); requeueing job $SLURM_JOB_ID"',
              f"    rm -f {marker}",
              '    scontrol requeue "$SLURM_JOB_ID"',
              "    exit 0",

@@ -1,6 +1,7 @@
 """Launching a run: plan it, tokenize its data, write its config, then start its workers here or submit its Slurm
 job. `shardtune train` and each trial of a sweep call these; the workers never come back here."""
 import logging
+import signal
 import sys
 
 from omegaconf import DictConfig
@@ -9,7 +10,7 @@ from ..cluster import slurm
 from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
 from ..data.pipeline import format_report
-from ..run_dir import PREEMPTED_MARKER
+from ..trainer import preemption
 from .fit import check_memory
 from .model_check import check_model
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
@@ -61,10 +62,23 @@ def launch(cfg: DictConfig) -> None:
 def run_locally(plan: LaunchPlan) -> None:
     log.info("run directory %s; %d workers (%s): %s", plan.output_dir, plan.world_size, plan.device_type,
              plan.command_line())
+    if plan.config.launcher.node_rank == 0:
+        preemption.clear_marker(plan.output_dir)  # an earlier stop's: this run's own is what counts below
     returncode = run_torchrun(plan)
+    stopped = preemption.read_marker(plan.output_dir)  # (checkpoint, signal) of a run stopped on a signal
+    if returncode == 128 + signal.SIGTERM or (stopped and stopped[1] == "SIGTERM"):
+        # Non-zero, as a process stopped by SIGTERM exits, so that a scheduler does not take the run as done.
+        if stopped:
+            print(f"shardtune: stopped by SIGTERM after step {stopped[0].name.removeprefix('step-')}, checkpoint "
+                  f"{stopped[0]}; continue with resume=auto", file=sys.stderr, flush=True)
+        else:
+            print(f"shardtune: stopped by SIGTERM; no checkpoint was written within train.grace_period_s="
+                  f"{plan.config.train.grace_period_s:g} s (resume=auto continues from the newest complete one, "
+                  "if any)", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
     if returncode:
         sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {plan.output_dir}")
-    if (plan.output_dir / PREEMPTED_MARKER).exists():
+    if stopped:
         log.info("stopped on SIGUSR1 after saving a checkpoint; continue with: shardtune train ... "
                  "output_dir=%s resume=auto", plan.output_dir)
 

@@ -2,20 +2,24 @@
 import copy
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import psutil
 import torch
 from omegaconf import OmegaConf
 
 from ..cluster import slurm
 from ..cluster.environment import apply_slurm_step, slurm_step
-from ..cluster.rendezvous import (ALLOCATOR_ENVIRONMENT, STATIC_DEFAULT_PORT, apply_allocator_environment,
-                                  c10d_arguments, hosts_rendezvous, rendezvous_id, socket_environment)
+from ..cluster.rendezvous import (ALLOCATOR_ENVIRONMENT, STATIC_DEFAULT_PORT, agent_environment,
+                                  apply_allocator_environment, c10d_arguments, hosts_rendezvous, rendezvous_id,
+                                  socket_environment)
 from ..cluster.slurm import shell_join
 from ..data.cache import cache_root
 from ..errors import ConfigError
@@ -141,15 +145,31 @@ def worker_environment(plan: LaunchPlan) -> dict:
     for name, value in ALLOCATOR_ENVIRONMENT.items():
         env.setdefault(name, value)
     env.update(socket_environment(plan.config.launcher))
+    for name, value in agent_environment(plan.config).items():
+        env.setdefault(name, value)
     return env
 
 
 def run_torchrun(plan: LaunchPlan, environment: Optional[dict] = None) -> int:
-    """Run the plan's torchrun command, with `environment` added to the workers'; its exit status. On CPU, torchrun's
-    agent runs in this process and forks the workers from it (see run_forked_workers)."""
+    """Run the plan's torchrun command, with `environment` added to the workers'; its exit status, 128 + the signal
+    when SIGTERM or SIGINT stopped it. On CPU, torchrun's agent runs in this process and forks the workers from it
+    (see run_forked_workers)."""
     if plan.device_type == "cpu":
         return run_forked_workers(plan, environment or {})
-    return subprocess.call(plan.command, env={**worker_environment(plan), **(environment or {})})
+    torchrun = subprocess.Popen(plan.command, env={**worker_environment(plan), **(environment or {})})
+    received = []
+
+    def forward(signum, frame):  # torchrun's agent passes it on to the workers and waits for them
+        received.append(signum)
+        torchrun.send_signal(signum)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, forward) if main_thread else None
+    try:
+        returncode = torchrun.wait()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 128 + received[0] if received else returncode
 
 
 def run_forked_workers(plan: LaunchPlan, environment: dict) -> int:
@@ -160,6 +180,7 @@ def run_forked_workers(plan: LaunchPlan, environment: dict) -> int:
 
     CPU only: a process that has used CUDA cannot be forked, and this launcher asks CUDA how many GPUs there are.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
@@ -171,20 +192,56 @@ def run_forked_workers(plan: LaunchPlan, environment: dict) -> int:
     os.environ.update(environment)  # the workers' environment, before torchrun's parser reads OMP_NUM_THREADS
     sys.stdout.flush()  # or each fork would print what this process had not written yet
     sys.stderr.flush()
+    # SIGTERM is passed on here rather than by the agent: the agent would send it on too, but a forked worker that
+    # then ends well (checkpoint saved) waits for the agent's word to exit, which its shutdown never gives, and is
+    # killed after the shutdown timeout. Passed on here, the agent watches the workers finish as in any run.
+    terminated = []
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signal_workers(signum))) \
+        if main_thread else None
     try:
         args = get_args_parser().parse_args(plan.command[3:])  # after `python -m torch.distributed.run`
         if args.standalone:  # as torchrun's run() does for --standalone
             args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
         config, _, worker_args = config_from_args(args)
         config.start_method = "fork"
+        config.signals_to_handle = "SIGINT,SIGHUP,SIGQUIT"  # not SIGTERM: see above
         elastic_launch(config, forked_worker)(worker_args[-1])
     except ChildFailedError as error:
         print(error.format_msg(), file=sys.stderr, flush=True)  # torchrun's report of the failed workers
-        return 1
+        print(f"shardtune: {describe_failures(error.failures)}", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM if terminated else 1
+    except SignalException as error:  # the agent got SIGINT (Ctrl-C) or SIGHUP, sent it on and stopped the workers
+        return 128 + error.sigval
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return 0
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 128 + signal.SIGTERM if terminated else 0
+
+
+def signal_workers(signum: int) -> int:
+    """Send `signum` to this launcher's forked workers (named by their rank); the signal."""
+    for child in psutil.Process().children():
+        try:
+            if child.name().startswith("shardtune-r"):
+                child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+    return signum
+
+
+def describe_failures(failures: dict) -> str:
+    """One line for torchrun's failed workers ({global rank: ProcessFailure}), naming a signal where one ended a
+    worker: torchrun's report shows an exit code such as -9 among its fields."""
+    said = []
+    for rank, failure in sorted(failures.items()):
+        if failure.exitcode < 0:
+            said.append(f"rank {rank} was killed by {failure.signal_name()}")
+        else:
+            said.append(f"rank {rank} exited with code {failure.exitcode}")
+    return "; ".join(said)
 
 
 def forked_worker(config_path: str) -> None:
@@ -192,6 +249,7 @@ def forked_worker(config_path: str) -> None:
     the worker; an exception is printed as it would be by a process of its own, with its rank."""
     from ..trainer import worker
     rank = os.environ["RANK"]
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's handler, which passes SIGTERM on, is not ours
     # `ps` and `top` show the rank instead of a copy of the launcher's command line.
     _set_process_name(f"shardtune-r{rank}")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch read it when the launcher imported torch

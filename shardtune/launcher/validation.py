@@ -211,6 +211,11 @@ def _validate_method_strategy(cfg, device_type: str) -> None:
             raise ConfigError("strategy.stage", f"ZeRO stage must be 1, 2 or 3, got {cfg.strategy.stage}")
         if cfg.strategy.offload_param and cfg.strategy.stage != 3:
             raise ConfigError("strategy.offload_param", "parameter offload needs ZeRO stage 3")
+    if cfg.train.skip_nonfinite_steps and (kind == "deepspeed" or cfg.train.precision == "fp16"):
+        # Either would leave the setting unused: DeepSpeed's engine steps the optimizer where the loop cannot
+        # skip it, and fp16's loss scaler already skips the steps whose gradients overflow.
+        raise ConfigError("train.skip_nonfinite_steps", "skipping non-finite steps works with DDP and FSDP in "
+                                                        "bf16 or fp32, not with DeepSpeed or fp16; set it to 0")
     if kind == "fsdp" and cfg.strategy.reduce_dtype not in ("fp32", "bf16"):
         raise ConfigError("strategy.reduce_dtype", f"expected fp32 or bf16, got {cfg.strategy.reduce_dtype!r}")
     if method == "qlora":
@@ -278,6 +283,10 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
     steps = list(train.profile_steps)
     if steps and not (len(steps) == 2 and 1 <= steps[0] <= steps[1]):
         raise ConfigError("train.profile_steps", f"expected [first, last] with 1 <= first <= last, got {steps}")
+    if train.grace_period_s < 0:
+        raise ConfigError("train.grace_period_s", f"must be >= 0 seconds, got {train.grace_period_s}")
+    if train.skip_nonfinite_steps < 0:
+        raise ConfigError("train.skip_nonfinite_steps", f"must be >= 0, got {train.skip_nonfinite_steps}")
 
 
 def _validate_checkpointing(train) -> None:

@@ -200,32 +200,35 @@ class ThroughputMeter:
         return self._rates(*self._run)
 
 
-def _drop_lines_after_step(metrics_path: Path, last_kept_step: int) -> None:
-    """Remove records past the checkpoint we resume from, so no step appears twice.
+def _drop_lines_after_step(metrics_path: Path, last_kept_step: int) -> int:
+    """Remove records past the checkpoint we resume from, so no step appears twice; return the last step the
+    file held before (0 for none).
 
     A run interrupted after its last checkpoint has logged steps that the resumed run will redo.
     The file is rewritten through a temporary file and os.replace, so a crash here leaves either the
     old or the new file, never half of one.
     """
     if not metrics_path.exists():
-        return
+        return 0
     lines = metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = []
+    kept, last_step = [], 0
     for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a crash in the middle of a write leaves a torn last line
+        last_step = max(last_step, record["step"])
         if record["step"] <= last_kept_step:
             kept.append(line if line.endswith("\n") else line + "\n")
     if kept == lines:
-        return
+        return last_step
     tmp_path = metrics_path.with_name(metrics_path.name + ".tmp")
     with open(tmp_path, "w", encoding="utf-8") as tmp:
         tmp.writelines(kept)
         tmp.flush()
         os.fsync(tmp.fileno())
     os.replace(tmp_path, metrics_path)
+    return last_step
 
 
 def _plain(value: Any) -> Any:
@@ -294,6 +297,7 @@ class MetricsLogger:
         self._wandb_run = None
         self._bar = None
         self._bar_postfix: Dict[str, str] = {}
+        self._wandb_has_steps_until = 0
         if not self.is_writer:
             return
 
@@ -303,7 +307,12 @@ class MetricsLogger:
         self.summary_path = output_dir / SUMMARY_FILE
         self.summary_path.unlink(missing_ok=True)  # written again when this run finishes
         if resumed:
-            _drop_lines_after_step(self.metrics_path, last_kept_step=start_step)
+            logged_until = _drop_lines_after_step(self.metrics_path, last_kept_step=start_step)
+            # W&B cannot take back the steps an interrupted run logged past its checkpoint (offline runs cannot
+            # rewind), so they are not logged there again: W&B keeps each step once, from the first attempt, and
+            # the redone steps give the same values (tests/faults/test_worker_killed.py). metrics.jsonl holds
+            # the redone records.
+            self._wandb_has_steps_until = logged_until if cfg.logger.name == "wandb" else 0
         # A fresh run in a reused output_dir starts a new file rather than mixing two runs' histories.
         self._jsonl = open(self.metrics_path, "a" if resumed else "w", encoding="utf-8")
         if cfg.logger.name == "wandb":
@@ -319,7 +328,7 @@ class MetricsLogger:
         record = {"step": step, "time": time.time(), **metrics}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()  # one line at a time, so a crash keeps everything logged before it
-        if self._wandb_run is not None:
+        if self._wandb_run is not None and step > self._wandb_has_steps_until:
             self._wandb_run.log(metrics, step=step)
         self._update_bar(step, metrics)
         if self._bar.disable:  # no bar (TQDM_DISABLE=1, e.g. a sweep's trial): a line per record instead

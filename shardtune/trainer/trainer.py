@@ -23,7 +23,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import activations, checkpoint, fast_path, preemption, pruning
+from . import activations, checkpoint, fast_path, nonfinite, preemption, pruning
 from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
@@ -55,7 +55,9 @@ class Trainer:
         self.dtype = DTYPES[cfg.train.precision]
         self.strategy = make_strategy(cfg, self.device, self.dtype)
         self.metrics = None
-        self.preemption = preemption.PreemptionRequest()  # early, so a signal during set-up counts too
+        # Early, so a signal during set-up counts too.
+        self.stop_request = preemption.StopRequest(cfg.train.grace_period_s, self.rank)
+        self.nonfinite = nonfinite.NonfiniteSteps(cfg.train.skip_nonfinite_steps, self.rank)
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
         self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
@@ -91,12 +93,17 @@ class Trainer:
         self.weights_gib = parameter_gib(self.strategy.model)
         # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
         self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
-        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume)
+        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
+        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
+        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
             self.step, self.micro_batches_done = state["step"], state["micro_batches_done"]
+        # A restart continues the metrics and the W&B run even from step 0: they are this run's.
         self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
-                                     resumed=resume_from is not None)
+                                     resumed=resume_from is not None or restarts > 0)
         # A sweep's trial with a pruner: rank 0 reports validation losses to the sweep's Optuna study.
         self.prunable = cfg.sweep.optuna_trial is not None and cfg.sweep.pruner != "none"
         self.pruning = pruning.TrialPruning(cfg.sweep) if self.prunable and self.rank == 0 else None
@@ -106,6 +113,8 @@ class Trainer:
         if self.rank == 0:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
+            if restarts:
+                where = f"restart {restarts} of the workers: {where}"
             log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
                      "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
                      f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
@@ -159,16 +168,17 @@ class Trainer:
             self.micro_batches_done += len(micro_batches)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
-            # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1), so all of
-            # them stop after this step.
+            # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1, SIGTERM), so
+            # all of them stop after this step.
             counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b.pop("num_tokens"))]
                                    for b in micro_batches]).sum(0).tolist()
-            counts = torch.tensor([*counts, int(self.preemption.requested)], device=self.device)
+            counts = torch.tensor([*counts, *self.stop_request.flags()], device=self.device)
             dist.all_reduce(counts)
-            label_tokens, input_tokens, stop_requests = counts.tolist()
+            label_tokens, input_tokens, usr1_requests, term_requests = counts.tolist()
             # Each rank's gradients are averaged over ranks, hence the share of the tokens per rank.
             tokens_per_rank = label_tokens / self.world_size
             lr = strategy.optimizer.param_groups[0]["lr"]
+            step_loss = torch.zeros((), device=self.device)  # this step's token losses, this rank
             for index, batch in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -176,17 +186,25 @@ class Trainer:
                 with strategy.gradient_sync(last):
                     with strategy.autocast():
                         loss = strategy.model(**batch, num_items_in_batch=tokens_per_rank).loss
+                    loss = self.nonfinite.inject(loss, self.step + 1)
                     strategy.backward(loss)
-                loss_sum += loss.detach().float() * tokens_per_rank
-            grad_norm = strategy.step()
+                step_loss += loss.detach().float() * tokens_per_rank
+            # The gradient norm is global (computed over all ranks' synchronised gradients), so a NaN or inf loss on
+            # any one rank makes it non-finite on every rank, and all of them skip the step or stop together.
+            grad_norm = strategy.step(skip_nonfinite=self.nonfinite.may_skip())
             self.step += 1
-            label_tokens_since_log += label_tokens
+            skipped = self.nonfinite.check(self.step, grad_norm, self.dtype)  # raises once no skip is left
+            if skipped:  # its loss stays out of the logged mean, which it would make NaN
+                self.metrics.log(self.step, {"skipped_nonfinite": self.nonfinite.skipped, "lr": lr})
+            else:
+                loss_sum += step_loss
+                label_tokens_since_log += label_tokens
             self.throughput.step_done(input_tokens)
             profiler.step_done(self.step)
             if self.step == first_step and self.fast_path.compile_blocks and self.rank == 0:
                 log.info("compile: the first step took %.1f s with compilation; %s",
                          self.throughput.totals()["step_time_s"], fast_path.compile_report())
-            if self.step % cfg.train.log_interval == 0 or self.step == self.total_steps:
+            if not skipped and (self.step % cfg.train.log_interval == 0 or self.step == self.total_steps):
                 dist.all_reduce(loss_sum)
                 self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
                 if not math.isfinite(self.last_train_loss):  # every rank sees the all-reduced loss and stops
@@ -203,21 +221,22 @@ class Trainer:
             saved = cfg.train.save_interval and self.step % cfg.train.save_interval == 0
             if saved:
                 self.save_checkpoint()
-            if stop_requests and self.step < self.total_steps:
-                self.stop_early(already_saved=saved)
+            if (usr1_requests or term_requests) and self.step < self.total_steps:
+                self.stop_early("SIGTERM" if term_requests else "SIGUSR1", already_saved=saved)
                 return False
         return True
 
-    def stop_early(self, already_saved: bool) -> None:
-        """SIGUSR1 reached some rank: save a complete checkpoint (collective) and leave the marker that
+    def stop_early(self, signal_name: str, already_saved: bool) -> None:
+        """A signal reached some rank: save a complete checkpoint (collective) and leave the marker that
         tells Slurm's batch script to requeue; the requeued run resumes here with resume=auto."""
         path = checkpoint_dir(self.cfg.output_dir, self.step)
         if not already_saved:
             path = self.save_checkpoint()
+        self.stop_request.saved()
         if self.rank == 0:
-            preemption.write_marker(self.cfg.output_dir, path)
-            log.info("stopping at step %d on SIGUSR1: checkpoint %s saved; resume=auto continues from it",
-                     self.step, path)
+            preemption.write_marker(self.cfg.output_dir, path, signal_name)
+            log.info("stopping at step %d on %s: checkpoint %s saved; resume=auto continues from it",
+                     self.step, signal_name, path)
 
     def pruned(self, results: dict) -> bool:
         """Whether the sweep's pruner stops this trial after this evaluation (rank 0 asks; all ranks follow)."""

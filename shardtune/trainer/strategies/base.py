@@ -5,6 +5,7 @@ gradient synchronisation, the optimizer step, sharded checkpoints and gathering 
 The training loop calls only these methods, so it never asks which strategy it runs.
 """
 import contextlib
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -64,19 +65,23 @@ class Strategy:
     def backward(self, loss: torch.Tensor) -> None:
         self.grad_scaler.scale(loss).backward()
 
-    def step(self) -> float:
-        """Clip, step the optimizer and scheduler, zero the gradients; return the pre-clip gradient norm."""
+    def step(self, skip_nonfinite: bool = False) -> float:
+        """Clip, step the optimizer and scheduler, zero the gradients; return the pre-clip gradient norm, which is
+        the same on every rank. skip_nonfinite: where that norm is NaN or inf, leave the weights and the optimizer
+        alone (trainer/nonfinite.py)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        self.grad_scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
-        self.grad_scaler.update()
+        grad_norm = grad_norm.item()
+        if not (skip_nonfinite and not math.isfinite(grad_norm)):
+            self.grad_scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+            self.grad_scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.item()
+        return grad_norm
 
     # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
     def _state_options(self, **kw) -> StateDictOptions:

@@ -97,10 +97,13 @@ class DeepSpeedStrategy(Strategy):
         if not self.model.is_gradient_accumulation_boundary():
             self.model.step()  # advances DeepSpeed's micro-step counter; no optimizer step happens
 
-    def step(self):
+    def step(self, skip_nonfinite: bool = False):
+        # skip_nonfinite is refused with DeepSpeed before any worker starts (launcher/validation.py): its engine
+        # steps the optimizer where the loop cannot hold it back.
+        assert not skip_nonfinite, "train.skip_nonfinite_steps with DeepSpeed"
         self.model.step()  # at the boundary: clip, optimizer step, scheduler step, zero gradients
         grad_norm = self.model.get_global_grad_norm()
-        return float(grad_norm) if grad_norm is not None else float("nan")
+        return float(grad_norm) if grad_norm is not None else None  # None: not reported, not a fault
 
     def save(self, directory: Path):
         self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG)
