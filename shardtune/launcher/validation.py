@@ -22,9 +22,11 @@ from ..data.tokenize import TOO_LONG
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
-from ..strategy_registry import STRATEGIES, strategies_for
+from ..strategy_registry import STRATEGIES, strategies_for, strategy_spec
 from ..trainer.activations import POLICIES as CHECKPOINT_POLICIES
+from ..trainer import fp8
 from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
+from ..trainer.fp8 import CHOICES as FP8_CHOICES
 
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -35,6 +37,7 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_model(cfg.model)
     _validate_method_strategy(cfg, device_type)
     _validate_train(cfg.train, device_type, world_size)
+    fp8.choose(cfg.train, device_type, cfg.method.name, strategy_spec(cfg.strategy).kind)  # refuses what cannot be
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
     _validate_cluster(cfg.cluster)  # first: cluster=slurm derives launcher fields from it
@@ -279,6 +282,8 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
         raise ConfigError("train.kernels", f"expected one of {', '.join(KERNEL_CHOICES)}, got {train.kernels!r}")
     if train.compile not in COMPILE_CHOICES:
         raise ConfigError("train.compile", f"expected one of {', '.join(COMPILE_CHOICES)}, got {train.compile!r}")
+    if train.fp8 not in FP8_CHOICES:
+        raise ConfigError("train.fp8", f"expected one of {', '.join(FP8_CHOICES)}, got {train.fp8!r}")
     _validate_checkpointing(train)
     steps = list(train.profile_steps)
     if steps and not (len(steps) == 2 and 1 <= steps[0] <= steps[1]):

@@ -23,7 +23,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import activations, checkpoint, fast_path, nonfinite, preemption, pruning
+from . import activations, checkpoint, fast_path, fp8, nonfinite, preemption, pruning
 from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
@@ -118,7 +118,8 @@ class Trainer:
             log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
                      "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
                      f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
-            log.info("fast path: %s; %s", self.fast_path.describe(),
+            log.info("fast path: %s; %s; %s", self.fast_path.describe(),
+                     fp8.describe(self.strategy.fp8_recipe, self.strategy.fp8_why_not),
                      activations.describe(cfg.train, self.device.type))
 
     def build_data(self) -> None:
@@ -309,6 +310,7 @@ class Trainer:
             "tokens_per_second_per_device": rates.get("tokens_per_second_per_device"),
             "mfu": rates.get("mfu"),
             "fast_path": self.fast_path.describe(),
+            "fp8": self.strategy.fp8_recipe,
             **({"compile": fast_path.compile_report()} if self.fast_path.compile_blocks else {}),
             **self.peak_memory(),
             "wall_time_s": time.time() - self.started,

@@ -56,3 +56,22 @@ def test_checkpointing_variants_keep_the_loss_curve(tmp_path):
         losses[name] = train_losses(tmp_path / name)
     for step in range(WARMUP + 1, STEPS + 1):
         assert losses["checkpointed"][step] == pytest.approx(losses["plain"][step], rel=TOLERANCE), step
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_fp8_keeps_the_loss_curve(tmp_path, strategy):
+    """Float8 matmuls (torchao, tensorwise, compiled blocks) against bf16 eager: the condition for fp8 to be on by
+    default. The test's model is too small for torchao's filter, so the layer sizes are those of a 1B model's."""
+    pytest.importorskip("torchao")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs float8 tensor cores")
+    wide = ["model.architecture.hidden_size=2048", "model.architecture.intermediate_size=8192",
+            "model.architecture.num_attention_heads=16", "model.architecture.num_key_value_heads=8"]
+    losses = {}
+    for name, settings in {"bf16": ["train.kernels=none", "train.compile=none"],
+                           "fp8": ["train.fp8=tensorwise", "train.compile=blocks"]}.items():
+        run_shardtune("train", "method=full", f"strategy={strategy}", *RUN, *wide, f"optim.lr={LEARNING_RATES['full']}",
+                      *settings, f"output_dir={tmp_path / name}")
+        losses[name] = train_losses(tmp_path / name)
+    for step in range(WARMUP + 1, STEPS + 1):
+        assert losses["fp8"][step] == pytest.approx(losses["bf16"][step], rel=TOLERANCE), step

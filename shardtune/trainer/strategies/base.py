@@ -17,6 +17,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
+from ...strategy_registry import strategy_spec
+from .. import fp8
 from ..model import build_model
 
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
@@ -36,12 +38,18 @@ class Strategy:
         self.trainable_only = cfg.method.name != "full"
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.fp8_recipe, self.fp8_why_not = fp8.choose(cfg.train, device.type, cfg.method.name,
+                                                       strategy_spec(cfg.strategy).kind)
+        fp8.check_device(self.fp8_recipe, device)
 
     # -- building ------------------------------------------------------------------------
     def build_model(self, source: str) -> torch.nn.Module:
         """The model of the run's method, its weights from `source`, ready for `wrap`. Whole on every rank here;
         FSDP and ZeRO-3 build it sharded instead."""
-        return build_model(self.cfg, source, self.device, self.dtype)
+        model = build_model(self.cfg, source, self.device, self.dtype)
+        if self.fp8_recipe != "none":
+            fp8.convert(model, self.fp8_recipe, sharded=False)
+        return model
 
     def expose_head_to_fused_loss(self, model: torch.nn.Module) -> None:
         """A fused loss reads the output head's weight in the model's forward, not in the head's own. Nothing to do

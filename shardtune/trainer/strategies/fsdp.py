@@ -10,6 +10,7 @@ import torch
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from ...precision import DTYPES
+from .. import fp8
 from ..model import decoder_layers
 from ..sharded_loading import build_sharded_model
 from .base import Strategy
@@ -33,6 +34,8 @@ class FSDPStrategy(Strategy):
             offload_policy=(CPUOffloadPolicy(pin_memory=self.device.type == "cuda") if options.cpu_offload
                             else OffloadPolicy()),
         )
+        if self.fp8_recipe != "none":  # before sharding: FSDP2 then all-gathers float8 weights
+            fp8.convert(model, self.fp8_recipe, sharded=True)
         for layer in decoder_layers(model):
             fully_shard(layer, reshard_after_forward=options.reshard_after_forward, **shard_options)
         # The root holds embeddings and the head; they are used last in backward, so keep them gathered.
@@ -45,6 +48,11 @@ class FSDPStrategy(Strategy):
 
     def autocast(self):
         return contextlib.nullcontext()  # the mixed-precision policy casts weights and inputs itself
+
+    def step(self, skip_nonfinite: bool = False) -> float:
+        grad_norm = super().step(skip_nonfinite)
+        fp8.after_optimizer_step(self.model, self.fp8_recipe, sharded=True)
+        return grad_norm
 
     def gradient_sync(self, enabled):
         self.model.set_requires_gradient_sync(enabled)
