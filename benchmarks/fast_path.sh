@@ -22,7 +22,7 @@ for part in "$@"; do
       L="method=full strategy=fsdp optim.lr=1e-3 train.kernels=none train.compile=none"
       timeout 400 python3 benchmarks/loss_curves.py "$OUT/curves" "$L" "${L/kernels=none/kernels=liger}" \
         "${L/compile=none/compile=blocks}" > "$OUT/curves.jsonl" 2>&1 &
-      for case in full-fsdp full-zero3 variants; do
+      for case in full-fsdp full-zero3 variants fp8; do
         timeout 400 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
           --basetemp="$OUT/pytest-$case" > "$OUT/fast-path-$case.txt" 2>&1 &
       done
@@ -37,6 +37,9 @@ for part in "$@"; do
       timeout 100 python3 benchmarks/run.py full-fsdp --extra $EAGER $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-eager.txt"
       timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      timeout 120 python3 benchmarks/run.py full-fsdp --extra train.fp8=tensorwise train.compile=blocks $P \
+        >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-fp8.txt"
       ;;
     tests)
       # One pytest per case, side by side (small models: the GPU has room, and each case's log stays whole).
