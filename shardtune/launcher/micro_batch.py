@@ -56,6 +56,8 @@ class MicroBatchChoice:
             why += f"; {self.largest} is the largest auto tries"
         if self.trial:
             why += "; a trial step on the GPU confirms it"
+        elif capacity.gpu_source != CPU_WORKERS:
+            why += "; no trial step: DeepSpeed's engine fixes the micro batch when it starts"
         accumulation = f", grad_accum {self.grad_accum} (train.global_batch_size)" if self.global_batch_fixed else ""
         return f"auto -> {self.size}{accumulation} ({why})"
 

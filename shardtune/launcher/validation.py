@@ -22,7 +22,7 @@ from ..data.tokenize import TOO_LONG
 from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
-from ..strategy_registry import STRATEGIES, strategies_for
+from ..strategy_registry import STRATEGIES, strategies_for, strategy_spec
 from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
 from ..trainer.micro_batch_trial import TRIAL_STRATEGY_KINDS
 
@@ -290,7 +290,7 @@ def _validate_micro_batch_trial(cfg, device_type: str) -> None:
     warn = logging.getLogger("shardtune").warning
     if device_type == "cpu":
         warn("train.micro_batch_trial is ignored: CPU workers have no GPU memory to try")
-    elif STRATEGIES[cfg.strategy.name].kind not in TRIAL_STRATEGY_KINDS:
+    elif strategy_spec(cfg.strategy).kind not in TRIAL_STRATEGY_KINDS:
         warn("train.micro_batch_trial is ignored under strategy=%s: DeepSpeed's engine fixes the micro batch and the "
              "accumulation when it starts; the micro batch stays %s", cfg.strategy.name, cfg.train.micro_batch_size)
 

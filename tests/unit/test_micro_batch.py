@@ -184,3 +184,15 @@ def test_a_resume_at_another_micro_batch_reads_on_from_the_same_row():
     trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(micro_batch_size=4)))
     assert Trainer.resumed_position(trainer, {"micro_batches_done": 10, "micro_batch_size": 8}) == 20
     assert Trainer.resumed_position(trainer, {"micro_batches_done": 10}) == 10  # saved before the size was recorded
+
+
+def test_under_deepspeed_auto_has_no_trial_and_says_so(tmp_path, no_gpu):
+    plan = planned(tmp_path, "model=llama3.2-1b", "method=full", "strategy=zero2", gpus=2, gpu_gib=80)
+    assert not plan.config.train.micro_batch_trial
+    assert "no trial step: DeepSpeed's engine fixes the micro batch" in plan.micro_batch.describe()
+
+
+def test_a_trial_asked_for_where_it_cannot_run_is_ignored_with_a_warning(tmp_path, no_gpu, caplog):
+    with caplog.at_level(logging.WARNING, logger="shardtune"):
+        plan_launch(compose_cfg(values={"launcher.device": "cpu", "train.micro_batch_trial": True}))
+    assert "train.micro_batch_trial is ignored: CPU workers have no GPU memory to try" in caplog.text
