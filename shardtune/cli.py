@@ -58,6 +58,8 @@ def plan(cfg: DictConfig) -> None:
     print(f"method={cfg.method.name} strategy={cfg.strategy.name} model={cfg.model.name}")
     print(f"world size: {launch.world_size} ({cfg.launcher.nnodes} node(s) x {launch.nproc_per_node} "
           f"{launch.device_type} worker(s)); precision {cfg.train.precision}")
+    if launch.micro_batch is not None:
+        print(f"micro batch: {launch.micro_batch.describe()}")
     print(f"global batch: {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {launch.world_size} = "
           f"{cfg.train.micro_batch_size * cfg.train.grad_accum * launch.world_size} sequences of <= {cfg.train.seq_len} tokens")
     print(f"fast path: {estimate.fast_path}")

@@ -246,18 +246,30 @@ class OptimConfig:
     """Floor of the decayed learning rate, as a fraction of lr."""
 
 
+AUTO = "auto"  # train.micro_batch_size=auto (launcher/micro_batch.py)
+
+
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = None
     """Optimizer steps to run. Give this or epochs."""
     epochs: Optional[float] = None
     """Passes over the training split. Give this or max_steps."""
-    micro_batch_size: int = 2
-    """Sequences per device per forward pass."""
+    micro_batch_size: Any = 2
+    """Sequences per device per forward pass: a number >= 1, or auto. auto: the launcher picks the largest power of two
+    up to 128 whose estimated peak (the estimate `shardtune plan` prints) fits the GPU, lowered where the train split
+    has fewer rows per rank, and turns on micro_batch_trial; with global_batch_size set, the largest divisor of its
+    share per rank, grad_accum making up the rest. CPU workers have no GPU memory to fill: auto takes at most 8 there
+    (larger batches gain a CPU little), within host RAM. (Typed Any because OmegaConf has no int-or-string type;
+    validation.py refuses anything else.)"""
+    micro_batch_trial: bool = False
+    """Confirm micro_batch_size by a trial forward and backward on the GPU before training: if any rank runs out of
+    memory, halve the micro batch and double grad_accum (the global batch and each step's rows stay), and try again.
+    micro_batch_size=auto turns it on. DDP and FSDP only; ignored with a warning on CPU workers and under DeepSpeed."""
     grad_accum: int = 1
     """Micro-batches accumulated before each optimizer step."""
     global_batch_size: Optional[int] = None
-    """Optional check: must equal micro_batch_size * grad_accum * world size."""
+    """Optional: must equal micro_batch_size * grad_accum * world size (with micro_batch_size=auto, sets grad_accum)."""
     seq_len: int = 512
     """Longest sequence; longer examples are handled by data.too_long."""
     precision: str = "auto"

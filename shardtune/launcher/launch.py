@@ -12,6 +12,7 @@ from ..data import load_or_build
 from ..data.pipeline import format_report
 from ..trainer import preemption
 from .fit import check_memory
+from .micro_batch import fit_to_data
 from .model_check import check_model
 from .torchrun import LaunchPlan, plan_launch, refuse_existing_run, run_torchrun, write_run_config
 from .validation import validate_split_sizes
@@ -35,6 +36,8 @@ def prepare_run(cfg: DictConfig) -> LaunchPlan:
     run's config."""
     plan = plan_launch(cfg)
     cfg = plan.config
+    if plan.micro_batch is not None:
+        log.info("micro batch: %s", plan.micro_batch.describe())
     check_memory(cfg, plan.world_size)  # a run that cannot fit stops here, before the data work and any worker
     refuse_existing_run(cfg, plan.output_dir)  # before the data work, which may take a while
     if cfg.cluster.name == "local":
@@ -42,6 +45,8 @@ def prepare_run(cfg: DictConfig) -> LaunchPlan:
     cache_entry = None
     if cfg.launcher.node_rank == 0:
         prepared, _, cache_entry = tokenize_data(cfg)  # the workers of every node load this cache entry
+        if plan.micro_batch is not None:
+            fit_to_data(cfg.train, len(prepared.train), plan.world_size)
         validate_split_sizes(cfg.train, len(prepared.train), plan.world_size)
     else:
         log.info("node %d: node 0's launcher prepares the data; the workers load it from the cache (or build "

@@ -24,6 +24,7 @@ from ..cluster.slurm import shell_join
 from ..data.cache import cache_root
 from ..errors import ConfigError
 from ..run_dir import CONFIG_FILE, holds_run, write_text_atomic
+from .micro_batch import MicroBatchChoice, resolve_micro_batch
 from .validation import validate
 
 
@@ -35,6 +36,7 @@ class LaunchPlan:
     world_size: int
     config_path: Path
     command: list
+    micro_batch: Optional[MicroBatchChoice] = None  # what train.micro_batch_size=auto chose; None for a number
 
     @property
     def output_dir(self) -> Path:
@@ -56,7 +58,7 @@ def detect_device(setting: str, check_devices: bool = True) -> str:
 
 def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     """Validate `cfg` and plan it on this machine: the plan's config is a copy of `cfg` with the machine-dependent
-    fields (device, workers, precision) filled in. No side effects: `cfg` and the disk stay as they were.
+    fields (device, workers, precision, a micro batch for train.micro_batch_size=auto) filled in. No side effects: `cfg` and the disk stay as they were.
 
     check_devices=False plans for GPUs this machine does not have (a login node): give
     launcher.device=cuda and launcher.nproc_per_node. cluster=slurm plans for the allocation it asks for
@@ -86,9 +88,10 @@ def plan_launch(cfg, check_devices: bool = True) -> LaunchPlan:
     cfg.launcher.nproc_per_node = nproc
     if cfg.train.precision == "auto":
         cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
+    micro_batch = resolve_micro_batch(cfg, world_size)  # needs the fields above; the workers get its number
     config_path = Path(cfg.output_dir).absolute() / CONFIG_FILE
     command = slurm.node_command(cfg, config_path, sys.executable) if on_slurm else torchrun_command(cfg, config_path)
-    return LaunchPlan(cfg, device_type, nproc, world_size, config_path, command)
+    return LaunchPlan(cfg, device_type, nproc, world_size, config_path, command, micro_batch)
 
 
 def torchrun_command(cfg, config_path: Path) -> list:

@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster.rendezvous import split_endpoint
 from ..cluster.slurm import check_time_limit
-from ..config import METHOD_SCHEMAS, ClusterConfig, DataConfig, typed_config
+from ..config import AUTO, METHOD_SCHEMAS, ClusterConfig, DataConfig, typed_config
 from ..data.formats import FORMATS
 from ..data.segments import EOS_POLICIES, ROLES
 from ..data.pipeline import sources
@@ -27,6 +27,7 @@ from ..trainer.activations import POLICIES as CHECKPOINT_POLICIES
 from ..trainer import fp8
 from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
 from ..trainer.fp8 import CHOICES as FP8_CHOICES
+from ..trainer.micro_batch_trial import TRIAL_STRATEGY_KINDS
 
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -38,6 +39,7 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_method_strategy(cfg, device_type)
     _validate_train(cfg.train, device_type, world_size)
     fp8.choose(cfg.train, device_type, cfg.method.name, strategy_spec(cfg.strategy).kind)  # refuses what cannot be
+    _validate_micro_batch_trial(cfg, device_type)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)
     _validate_cluster(cfg.cluster)  # first: cluster=slurm derives launcher fields from it
@@ -266,11 +268,17 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
         raise ConfigError("train.max_steps", f"must be >= 1, got {train.max_steps}")
     if train.epochs is not None and train.epochs <= 0:
         raise ConfigError("train.epochs", f"must be > 0, got {train.epochs}")
-    for key in ("micro_batch_size", "grad_accum", "seq_len", "log_interval"):
+    micro_batch = train.micro_batch_size
+    if micro_batch != AUTO and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
+        raise ConfigError("train.micro_batch_size", f"must be >= 1 or auto, got {micro_batch!r}")
+    for key in ("grad_accum", "seq_len", "log_interval"):
         if getattr(train, key) < 1:
             raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
-    derived = train.micro_batch_size * train.grad_accum * world_size
-    if train.global_batch_size is not None and train.global_batch_size != derived:
+    if train.global_batch_size is not None and train.global_batch_size < 1:
+        raise ConfigError("train.global_batch_size", f"must be >= 1 or null, got {train.global_batch_size}")
+    # With auto, the global batch is checked where auto is resolved (micro_batch.py).
+    derived = None if micro_batch == AUTO else micro_batch * train.grad_accum * world_size
+    if train.global_batch_size is not None and derived is not None and train.global_batch_size != derived:
         raise ConfigError("train.global_batch_size",
                           f"{train.global_batch_size} != micro_batch_size {train.micro_batch_size} x grad_accum "
                           f"{train.grad_accum} x world size {world_size} = {derived}")
@@ -306,6 +314,18 @@ def _validate_checkpointing(train) -> None:
                    if getattr(train, key) != default]
         if changed:
             raise ConfigError(f"train.{changed[0]}", "only applies with train.activation_checkpointing=true")
+
+
+def _validate_micro_batch_trial(cfg, device_type: str) -> None:
+    """train.micro_batch_trial runs where the trial can tell (trainer/micro_batch_trial.py); elsewhere it says so."""
+    if not cfg.train.micro_batch_trial:
+        return
+    warn = logging.getLogger("shardtune").warning
+    if device_type == "cpu":
+        warn("train.micro_batch_trial is ignored: CPU workers have no GPU memory to try")
+    elif strategy_spec(cfg.strategy).kind not in TRIAL_STRATEGY_KINDS:
+        warn("train.micro_batch_trial is ignored under strategy=%s: DeepSpeed's engine fixes the micro batch and the "
+             "accumulation when it starts; the micro batch stays %s", cfg.strategy.name, cfg.train.micro_batch_size)
 
 
 def _validate_optim(optim) -> None:

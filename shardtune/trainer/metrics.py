@@ -243,6 +243,8 @@ _SUMMARY_LABELS = {
     "model_source": "model weights from",
     "parameters": "parameters",
     "trainable_parameters": "trainable parameters",
+    "micro_batch_size": "micro batch (sequences per device)",
+    "grad_accum": "gradient accumulation",
     "loss": "final train loss",
     "val/loss": "val loss",
     "val/ppl": "val perplexity",

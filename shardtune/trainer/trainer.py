@@ -23,7 +23,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import activations, checkpoint, fast_path, fp8, nonfinite, preemption, pruning
+from . import activations, checkpoint, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
 from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
@@ -93,6 +93,8 @@ class Trainer:
         self.weights_gib = parameter_gib(self.strategy.model)
         # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
         self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
+        if micro_batch_trial.runs_trial(cfg, self.device, strategy_spec(cfg.strategy).kind):
+            self.confirm_micro_batch()  # before the checkpoint's optimizer states: the trial stands in for them
         # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
         # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -100,7 +102,7 @@ class Trainer:
         resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
-            self.step, self.micro_batches_done = state["step"], state["micro_batches_done"]
+            self.step, self.micro_batches_done = state["step"], self.resumed_position(state)
         # A restart continues the metrics and the W&B run even from step 0: they are this run's.
         self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
                                      resumed=resume_from is not None or restarts > 0)
@@ -124,24 +126,45 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        data, path = load_or_build_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
-        train_rows, val_rows = data.train, data.validation
+        self.data, path = load_or_build_in_workers(cfg.data, self.tokenizer, cfg.train.seq_len, cfg.train.seed)
         if self.rank == 0:
-            log.info("data from %s: %s", path, format_report(data.report))
-        collator = Collator(self.tokenizer.pad_token_id)
-
-        self.train_batches = ShardedBatches(train_rows, cfg.train.micro_batch_size, self.rank, self.world_size,
-                                            cfg.train.seed, collator, shuffle=True)
-        # Validation takes smaller micro-batches where the split is too small for full ones on every rank.
-        val_micro_batch = min(cfg.train.micro_batch_size, len(val_rows) // self.world_size)
-        self.val_batches = ShardedBatches(val_rows, val_micro_batch, self.rank, self.world_size, cfg.train.seed,
-                                          collator, shuffle=False, split="validation") if val_micro_batch else None
+            log.info("data from %s: %s", path, format_report(self.data.report))
+        self.batch_data()
         steps_per_epoch = len(self.train_batches) // cfg.train.grad_accum
         if steps_per_epoch == 0:
             raise ValueError(f"train.grad_accum: {cfg.train.grad_accum} micro-batches per step, but an epoch has "
                              f"only {len(self.train_batches)} per rank")
         t = cfg.train
         self.total_steps = t.max_steps if t.max_steps is not None else math.ceil(t.epochs * steps_per_epoch)
+
+    def batch_data(self) -> None:
+        """Micro-batches of train.micro_batch_size rows of the training and validation splits."""
+        cfg, collator = self.cfg, Collator(self.tokenizer.pad_token_id)
+        self.train_batches = ShardedBatches(self.data.train, cfg.train.micro_batch_size, self.rank, self.world_size,
+                                            cfg.train.seed, collator, shuffle=True)
+        # Validation takes smaller micro-batches where the split is too small for full ones on every rank.
+        val_rows = self.data.validation
+        val_micro_batch = min(cfg.train.micro_batch_size, len(val_rows) // self.world_size)
+        self.val_batches = ShardedBatches(val_rows, val_micro_batch, self.rank, self.world_size, cfg.train.seed,
+                                          collator, shuffle=False, split="validation") if val_micro_batch else None
+
+    def confirm_micro_batch(self) -> None:
+        """The trial step (micro_batch_trial.py): on running out of memory, a smaller micro batch and more accumulation,
+        over the same rows per step; the number of steps and the learning-rate schedule stay."""
+        train = self.cfg.train
+        rows_per_step = train.micro_batch_size * train.grad_accum
+        size = micro_batch_trial.confirm_on_gpu(self.strategy, train, self.device)
+        if self.rank == 0:
+            log.info("micro batch trial: %d fits on every rank (grad_accum %d)", size, rows_per_step // size)
+        if size != train.micro_batch_size:
+            train.micro_batch_size, train.grad_accum = size, rows_per_step // size
+            self.batch_data()
+
+    def resumed_position(self, state: dict) -> int:
+        """This rank's micro-batches done, counted at this run's micro batch: a checkpoint saved at another one (a trial
+        chose differently) has read the same rows in micro-batches of another size."""
+        saved_size = state.get("micro_batch_size", self.cfg.train.micro_batch_size)
+        return state["micro_batches_done"] * saved_size // self.cfg.train.micro_batch_size
 
     def data_stream(self):
         """This rank's micro-batches, epoch after epoch, from the saved position on."""
@@ -275,7 +298,8 @@ class Trainer:
         return results
 
     def save_checkpoint(self) -> Path:
-        state = {"step": self.step, "micro_batches_done": self.micro_batches_done, "world_size": self.world_size}
+        state = {"step": self.step, "micro_batches_done": self.micro_batches_done,
+                 "micro_batch_size": self.cfg.train.micro_batch_size, "world_size": self.world_size}
         return checkpoint.save_checkpoint(self.strategy, self.cfg.output_dir, self.step, state,
                                           self.cfg.train.keep_checkpoints)
 
@@ -304,6 +328,8 @@ class Trainer:
             "parameters": self.num_params,
             "trainable_parameters": self.num_trainable_params,
             "steps": self.step,
+            "micro_batch_size": self.cfg.train.micro_batch_size,
+            "grad_accum": self.cfg.train.grad_accum,
             "loss": self.last_train_loss,
             **results,
             "tokens_per_second": rates.get("tokens_per_second"),

@@ -273,6 +273,10 @@ REFUSED = [
     ((), {"train.max_steps": 0}, "train.max_steps", "must be >= 1"),
     ((), {"train.max_steps": None, "train.epochs": 0}, "train.epochs", "must be > 0"),
     ((), {"train.micro_batch_size": 0}, "train.micro_batch_size", "must be >= 1"),
+    # The field is typed Any (a number or auto): validation refuses the rest.
+    ((), {"train.micro_batch_size": "big"}, "train.micro_batch_size", "must be >= 1 or auto, got 'big'"),
+    ((), {"train.micro_batch_size": 2.5}, "train.micro_batch_size", "must be >= 1 or auto, got 2.5"),
+    ((), {"train.micro_batch_size": True}, "train.micro_batch_size", "must be >= 1 or auto, got True"),
     ((), {"train.grad_accum": 0}, "train.grad_accum", "must be >= 1"),
     ((), {"train.micro_batch_size": 4, "train.grad_accum": 2, "train.global_batch_size": 10}, "train.global_batch_size",
      "10 != micro_batch_size 4 x grad_accum 2 x world size 2 = 16"),
@@ -319,6 +323,7 @@ def test_validate_refuses_naming_the_key(overrides, values, key, fragment):
 @pytest.mark.parametrize("overrides, values", [
     ((), {"train.max_steps": None, "train.epochs": 0.5}),
     ((), {"train.micro_batch_size": 4, "train.grad_accum": 2, "train.global_batch_size": 16}),
+    ((), {"train.micro_batch_size": "auto", "train.global_batch_size": 16}),  # checked when auto is resolved
     ((), {"train.precision": "bf16"}),
     ((), {"train.precision": "fp32"}),
     ((), {"optim.scheduler": "linear"}),

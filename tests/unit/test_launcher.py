@@ -18,11 +18,13 @@ from omegaconf.errors import ValidationError
 
 from shardtune.config import LoraMethodConfig, TrainConfig, load_resolved
 from shardtune.errors import ConfigError
+from shardtune.launcher.memory import GIB, estimate_memory
 from shardtune.launcher.torchrun import detect_device, plan_launch, torchrun_command, write_run_config
 from shardtune.run_dir import RUN_OUTPUTS
 from shardtune.strategy_registry import DeepSpeedStrategyConfig
 
 WORKER_TAIL = ["-m", "shardtune.trainer.worker"]
+AUTO_1B = ["model=llama3.2-1b", "method=lora", "strategy=ddp"]
 
 
 
@@ -54,6 +56,9 @@ def cli_cases(root):
         "plan-70b-qlora-2x48": ("plan", ["model=llama3.1-70b", "method=qlora", "strategy=fsdp", "launcher.device=cuda",
                                          "launcher.nproc_per_node=2", "launcher.gpu_memory_gib=48",
                                          "launcher.host_memory_gib=256", f"output_dir={root / 'plan-70b'}"]),
+        "plan-auto-micro-batch": ("plan", [*AUTO_1B, "launcher.device=cuda", "launcher.nproc_per_node=1",
+                                           "launcher.gpu_memory_gib=24", "train.seq_len=2048",
+                                           "train.micro_batch_size=auto", f"output_dir={root / 'plan-auto'}"]),
     }
 
 
@@ -344,6 +349,23 @@ def test_plan_says_whether_the_run_fits_and_what_would(cli):
     assert "of 256.0 GiB per node (launcher.host_memory_gib)" in out
     alternatives = out[out.index("what would fit, each estimated again:"):].splitlines()[1:]
     assert any(line.strip().startswith("train.activation_checkpointing=true ") for line in alternatives)
+
+
+def test_plan_prints_what_micro_batch_auto_chose(cli):
+    result = cli["plan-auto-micro-batch"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    match = re.search(r"^micro batch: auto -> (\d+) \(estimated peak (\d+\.\d) of 24\.0 GiB per GPU; a trial step on "
+                      r"the GPU confirms it\)$", out, re.M)
+    assert match, out
+    size, peak = int(match.group(1)), float(match.group(2))
+    assert f"global batch: {size} x 1 x 1 = {size} sequences of <= 2048 tokens" in out
+    assert f"micro_batch_size {size} x seq_len 2048" in out  # the memory table is the chosen size's
+    assert "fits: yes, " in out and peak <= 24
+    # The next power of two would not fit.
+    twice = compose_cfg(*AUTO_1B, values={"launcher.device": "cuda", "train.precision": "bf16", "train.seq_len": 2048,
+                                          "train.micro_batch_size": 2 * size})
+    assert estimate_memory(twice, 1).peak_per_gpu / GIB > 24
 
 
 def test_plan_for_zero3_prints_the_deepspeed_json(cli):

@@ -70,6 +70,14 @@ class Strategy:
         micro-batch of an accumulation window: gradients then only accumulate locally."""
         return contextlib.nullcontext()
 
+    def trial_gradient_sync(self, enabled: bool):
+        """Context for the micro batch trial's forward and backward (trainer/micro_batch_trial.py), which must take the
+        memory of a micro-batch with gradient sync `enabled`: that sync itself, unless a strategy has a cheaper way."""
+        return self.gradient_sync(enabled)
+
+    def reset_after_failed_step(self) -> None:
+        """Make the model usable again after a forward or backward stopped by an exception (out of memory)."""
+
     def backward(self, loss: torch.Tensor) -> None:
         self.grad_scaler.scale(loss).backward()
 

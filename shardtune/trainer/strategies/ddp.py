@@ -17,3 +17,8 @@ class DDPStrategy(Strategy):
 
     def gradient_sync(self, enabled):
         return contextlib.nullcontext() if enabled else self.model.no_sync()
+
+    def trial_gradient_sync(self, enabled):
+        # The same memory either way (DDP's buckets exist from the start), and no collective: a rank that runs out of
+        # memory alone cannot leave the others waiting in an all-reduce, nor DDP's reducer half-way through one.
+        return self.model.no_sync()

@@ -57,3 +57,13 @@ class FSDPStrategy(Strategy):
     def gradient_sync(self, enabled):
         self.model.set_requires_gradient_sync(enabled)
         return contextlib.nullcontext()
+
+    def reset_after_failed_step(self):
+        # FSDP2 keeps per-step state (gathered layers, a queued end-of-backward callback) that an exception leaves
+        # behind; the next step would skip the gradient reduction. FSDPModule.reset_iter_state clears it (torch 2.13
+        # has it; older releases lack it).
+        if not hasattr(self.model, "reset_iter_state"):
+            raise RuntimeError(f"train.micro_batch_size: FSDP2 cannot go on after running out of memory with torch "
+                               f"{torch.__version__}, which lacks FSDPModule.reset_iter_state; set "
+                               f"train.micro_batch_size to a smaller number")
+        self.model.reset_iter_state()
