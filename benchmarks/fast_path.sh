@@ -29,17 +29,18 @@ for part in "$@"; do
       wait
       ;;
     1b-full)
-      # The 1B full fine-tune with and without the fast path, beside HF + Liger; steps 8-9 profiled.
+      # The 1B full fine-tune with the fast path, beside HF + Liger, then with fp8 and eager; steps 8-9 profiled.
       P="train.profile_steps=[8,9]"
       mkdir -p "$OUT/profiles"
-      timeout 150 python3 benchmarks/run.py full-fsdp --extra $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
-      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-fast.txt"
-      timeout 100 python3 benchmarks/run.py full-fsdp --extra $EAGER $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
-      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-eager.txt"
+      run_1b_full() {  # NAME TIMEOUT OVERRIDES...
+        local name=$1 limit=$2; shift 2
+        timeout "$limit" python3 benchmarks/run.py full-fsdp --extra "$@" $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+        cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-$name.txt"
+      }
+      run_1b_full fast 150
       timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
-      timeout 120 python3 benchmarks/run.py full-fsdp --extra train.fp8=tensorwise train.compile=blocks $P \
-        >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
-      cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-fp8.txt"
+      run_1b_full fp8 120 train.fp8=tensorwise train.compile=blocks
+      run_1b_full eager 100 $EAGER
       ;;
     tests)
       # One pytest per case, side by side (small models: the GPU has room, and each case's log stays whole).
