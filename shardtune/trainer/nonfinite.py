@@ -54,8 +54,9 @@ class NonfiniteSteps:
             return False
         if not self.may_skip():
             raise FloatingPointError(
-                f"gradient norm is {grad_norm} at step {step} (a NaN or inf loss on some rank): stopping after "
-                f"{self.skipped} skipped step(s) (train.skip_nonfinite_steps={self.max_skips})")
+                f"gradient norm is {grad_norm} at step {step}: training diverged (optim.lr too high?) or some rank's "
+                f"loss was NaN or inf; stopping after {self.skipped} skipped step(s) "
+                f"(train.skip_nonfinite_steps={self.max_skips})")
         self.skipped += 1
         if self.rank == 0:
             log.warning("step %d skipped: gradient norm is %s (a NaN or inf loss on some rank); no update, "

@@ -65,7 +65,7 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_other_completes(tmp_pat
                   f"hydra.sweep.dir={sweep_dir}")
     rows = results(sweep_dir)
     assert [(row["optim.lr"], row["status"]) for row in rows] == [("0.003", "completed"), ("1e+35", "failed")]
-    assert rows[1]["value"] == "" and "FloatingPointError: loss is nan at step 2" in rows[1]["error"]
+    assert rows[1]["value"] == "" and "FloatingPointError: gradient norm is nan at step 2" in rows[1]["error"]
     assert "failed: FloatingPointError" in (sweep_dir / "results.md").read_text()
     # Both trials ran at once: each started before the other ended.
     spans = [(record["started_at"], record["ended_at"]) for record in map(trial_record, sweep_dir.glob("trial-*"))]
