@@ -35,7 +35,7 @@ def test_kill_in_the_middle_of_a_save_resumes_from_the_previous_complete_checkpo
 
     expected, losses = train_losses(shared_run("lora-ddp")), train_losses(output_dir)
     assert sorted(losses) == list(range(1, 9))
-    for step in range(3, 9):  # trained again after the restart
+    for step in range(1, 9):  # steps 3-8 trained again after the restart; async saves change no loss either
         assert losses[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
     # The newest complete checkpoint, and no debris of the one that was cut off.
     assert sorted(checkpoint_root(output_dir).iterdir()) == [checkpoint_dir(output_dir, 8)]
