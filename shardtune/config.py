@@ -314,7 +314,13 @@ class TrainConfig:
     save_interval: int = 0
     """Save a resumable checkpoint every N steps (0 = none until the end)."""
     keep_checkpoints: int = 2
-    """How many periodic checkpoints to keep, oldest deleted first; 0 keeps all."""
+    """How many periodic checkpoints to keep, oldest deleted first, and only once a newer one is complete; 0 keeps
+    all."""
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread (torch.distributed.checkpoint.async_save) while training goes on:
+    the step only waits for the state to be copied to host memory. A save waits for the one before it, the
+    checkpoint counts as complete (COMPLETE marker) once every rank has written it, and the end of the run waits for
+    it. DDP and FSDP only: DeepSpeed writes its own checkpoints."""
     save_final: bool = True
     """Write final/ (adapter or model) at the end; throughput benchmarks turn it off."""
     grace_period_s: float = 25.0
@@ -366,6 +372,15 @@ class LauncherConfig:
     """How long torchrun waits for all nodes to join the rendezvous before giving up (c10d)."""
     max_restarts: int = 0
     """Times torchrun restarts the whole worker group after a worker fails."""
+    collective_timeout_s: float = 300.0
+    """Once the first training step is done, a collective (all-reduce, barrier) that waits longer than this for a
+    rank fails the run, naming the step and the ranks that stopped answering, instead of hanging (NCCL would wait 10
+    minutes, gloo 30). A rank that stops answering (a frozen node, SIGSTOP, a deadlock) is then killed by torchrun's
+    agent, which restarts the workers if launcher.max_restarts allows. Keep it above the longest step, evaluation
+    and pruning report."""
+    setup_timeout_s: float = 1800.0
+    """The collective timeout while one rank may work alone for long: set-up (loading, tokenizing, compiling), the
+    first step, saving checkpoints and exporting final/."""
     master_addr: str = "127.0.0.1"
     """Static rendezvous: address of node 0."""
     master_port: int = 0

@@ -79,6 +79,9 @@ def _validate_launcher(launcher, device_type: str) -> None:
         split_endpoint(launcher.rdzv_endpoint)
     if launcher.max_restarts < 0:
         raise ConfigError("launcher.max_restarts", f"must be >= 0, got {launcher.max_restarts}")
+    for key in ("collective_timeout_s", "setup_timeout_s"):
+        if launcher[key] <= 0:
+            raise ConfigError(f"launcher.{key}", f"must be > 0 seconds, got {launcher[key]}")
 
 
 def _validate_cluster(cluster) -> None:
@@ -221,6 +224,11 @@ def _validate_method_strategy(cfg, device_type: str) -> None:
         # skip it, and fp16's loss scaler already skips the steps whose gradients overflow.
         raise ConfigError("train.skip_nonfinite_steps", "skipping non-finite steps works with DDP and FSDP in "
                                                         "bf16 or fp32, not with DeepSpeed or fp16; set it to 0")
+    if cfg.train.async_checkpoint and kind == "deepspeed":
+        # DeepSpeed's engine writes its checkpoints itself, synchronously; its asynchronous writer (Nebula) is a
+        # separate Azure service. Refused rather than ignored.
+        raise ConfigError("train.async_checkpoint", f"strategy={strategy} (DeepSpeed) saves synchronously only; "
+                                                    "set train.async_checkpoint=false, or use ddp or fsdp")
     if kind == "fsdp" and cfg.strategy.reduce_dtype not in ("fp32", "bf16"):
         raise ConfigError("strategy.reduce_dtype", f"expected fp32 or bf16, got {cfg.strategy.reduce_dtype!r}")
     if method == "qlora":

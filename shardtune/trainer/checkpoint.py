@@ -2,19 +2,30 @@
 
 Each holds the strategy's sharded model and optimizer state, `trainer_state.json` (step, data position,
 scheduler) and one RNG file per rank. Rank 0 writes the COMPLETE marker only after every rank has
-finished writing, so a directory without it (a crash, a kill mid-save) is never picked for resume.
+finished writing, so a directory without it (a crash, a kill mid-save) is never picked for resume; older
+checkpoints are deleted (train.keep_checkpoints) only after that. A save that fails (a full disk) removes its
+partial directory and stops the run on every rank with the path and the space needed; one that obviously cannot
+fit is refused before it starts.
+
+Written in place, not staged and renamed: the marker, written last by rank 0 once every rank has reported its part
+written, already makes a directory count only once whole; a staging directory would need the same agreement before
+its rename, and one more step that can be cut off.
 """
 import json
 import random
 import shutil
+from concurrent.futures import Future
+from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
-from ..run_dir import COMPLETE_MARKER, checkpoint_dir, complete_checkpoints, is_complete, write_json_atomic
+from ..run_dir import (COMPLETE_MARKER, checkpoint_dir, checkpoint_root, complete_checkpoints, is_complete,
+                       write_json_atomic)
 
 
 def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
@@ -29,25 +40,133 @@ def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
     return path
 
 
-def save_checkpoint(strategy, output_dir, step: int, trainer_state: dict, keep: int) -> Path:
-    """Collective: every rank calls it."""
-    path = checkpoint_dir(output_dir, step)
-    rank = dist.get_rank()
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)  # a leftover from a save that did not complete
-    dist.barrier()
-    path.mkdir(parents=True, exist_ok=True)
-    strategy.save(path)
-    torch.save(rng_state(), path / f"rng-rank{rank}.pt")
-    if rank == 0:
-        write_json_atomic(path / "trainer_state.json", {**trainer_state, "scheduler": strategy.scheduler.state_dict()})
-    dist.barrier()  # every rank's shards are on disk before the marker says so
-    if rank == 0:
-        (path / COMPLETE_MARKER).touch()
-        for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else ():
-            shutil.rmtree(old)
-    dist.barrier()
-    return path
+class CheckpointError(OSError):
+    """A checkpoint could not be written (no space, a write error); every rank raises it alike."""
+
+
+class Checkpointer:
+    """Saves checkpoints, each marked complete only once every rank has written its part: at once (sync), or in a
+    background thread while training goes on (train.async_checkpoint). One save at a time: the next waits for the
+    one before it. Collective: every rank calls each method at the same point of the loop."""
+
+    def __init__(self, strategy, output_dir, keep: int, async_save: bool, watch, setup_timeout_s: float):
+        self.strategy, self.output_dir, self.keep, self.watch = strategy, output_dir, keep, watch
+        self.rank = dist.get_rank()
+        # Background saves run DCP's collectives on a group of their own: the loop's all-reduces on the default
+        # group go on meanwhile, and two threads on one group would mix up their messages. gloo: DCP gathers
+        # on the CPU.
+        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=setup_timeout_s)) if async_save else None
+        self.pending: Optional[Tuple[Path, int, Optional[Future]]] = None  # a save not yet marked complete
+
+    def save(self, step: int, trainer_state: dict) -> Path:
+        """Write the checkpoint of `step`; synchronous saves are complete on return, background ones later."""
+        self.wait()
+        path = checkpoint_dir(self.output_dir, step)
+        with self.watch.alone():
+            needed = self._check_space(path)
+            if self.rank == 0 and path.exists():
+                shutil.rmtree(path)  # a leftover from a save that did not complete
+            dist.barrier()
+            self.pending = (path, needed, None)
+            # Every rank alike, before the strategy's save starts collectives that a failed rank would miss.
+            self._raise_if_failed(_attempt(lambda: self._write_small_files(path, trainer_state)))
+            if self.group is None:
+                self._complete(_attempt(lambda: self.strategy.save(path)))
+            else:
+                self.pending = (path, needed, self.strategy.save_async(path, self.group))
+        return path
+
+    def _write_small_files(self, path: Path, trainer_state: dict) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), path / f"rng-rank{self.rank}.pt")
+        if self.rank == 0:
+            write_json_atomic(path / "trainer_state.json",
+                              {**trainer_state, "scheduler": self.strategy.scheduler.state_dict()})
+
+    def flags(self) -> list:
+        """[this rank's background save is done], summed over the ranks by the step's all-reduce (trainer.py):
+        once every rank's is, `wait` marks it complete without waiting."""
+        return [int(self.pending is not None and self.pending[2].done())]
+
+    def wait(self) -> None:
+        """Wait for the background save, if any, and mark it complete (or raise its error on every rank)."""
+        if self.pending is None:
+            return
+        with self.watch.alone():
+            self._complete(_attempt(self.pending[2].result))
+
+    def _complete(self, error) -> None:
+        """Mark the pending save complete once every rank has written its part, and only then delete the checkpoints
+        beyond train.keep_checkpoints (and debris of saves that were cut off); raise on every rank if one failed."""
+        self._raise_if_failed(error)
+        path, _, _ = self.pending
+        self.pending = None
+        if self.rank == 0:
+            (path / COMPLETE_MARKER).touch()
+            for old in complete_checkpoints(self.output_dir)[:-self.keep] if self.keep > 0 else ():
+                shutil.rmtree(old)
+            for debris in checkpoint_root(self.output_dir).glob("step-*"):
+                if not is_complete(debris):
+                    shutil.rmtree(debris, ignore_errors=True)
+        dist.barrier()
+
+    def _raise_if_failed(self, error) -> None:
+        """Some rank's writing failed: the partial directory goes and every rank raises, naming the path and the
+        space the checkpoint needs."""
+        failed = torch.tensor([int(error is not None)], device=self.strategy.device)  # NCCL: on the GPU
+        dist.all_reduce(failed)
+        if not failed.item():
+            return
+        path, needed, _ = self.pending
+        self.pending = None
+        if self.rank == 0:
+            shutil.rmtree(path, ignore_errors=True)  # never resumed from without its marker; gone, it takes no room
+        reason = f": {_reason(error)}" if error is not None else " on another rank"
+        raise CheckpointError(f"saving checkpoint {path} failed{reason}; it needs about {_human(needed)} "
+                              f"({needed} bytes; {_human(_free_bytes(path.parent))} free now). The partial "
+                              f"checkpoint was removed; the earlier ones are kept") from error
+
+    def _check_space(self, path: Path) -> int:
+        """Refuse, on every rank alike, a checkpoint that cannot fit the free space; the bytes it needs."""
+        needed = self.strategy.checkpoint_bytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        free = torch.tensor([_free_bytes(path.parent)], dtype=torch.float64, device=self.strategy.device)
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # the least any rank sees: one verdict for all
+        if free.item() < needed:
+            raise CheckpointError(f"no space for checkpoint {path}: it needs about {_human(needed)} ({needed} bytes) "
+                                  f"but {path.parent} has {_human(free.item())} free; free some space, lower "
+                                  f"train.keep_checkpoints or choose another output_dir. The earlier checkpoints "
+                                  f"are kept")
+        return needed
+
+
+def _attempt(write: Callable) -> Optional[BaseException]:
+    """The error of `write` that a full or failing disk causes (DCP reports every rank's as a CheckpointException),
+    or None."""
+    try:
+        write()
+    except (OSError, CheckpointException) as error:
+        return error
+    return None
+
+
+def _free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+
+
+def _reason(error) -> str:
+    """The first underlying error: DCP wraps each rank's in a CheckpointException with its traceback."""
+    if isinstance(error, CheckpointException) and error.failures:
+        rank, (cause, _) = next(iter(sorted(error.failures.items(), key=lambda item: item[0])))
+        return f"{type(cause).__name__} on rank {rank}: {cause}"
+    return f"{type(error).__name__}: {error}"
 
 
 def load_checkpoint(strategy, path: Path) -> dict:

@@ -23,7 +23,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
-from . import activations, checkpoint, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
+from . import activations, checkpoint, collectives, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
 from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
@@ -34,24 +34,27 @@ from .strategies import make_strategy
 log = logging.getLogger("shardtune")
 
 
-def init_distributed(device_setting: str) -> torch.device:
-    """Join the process group torchrun set up: NCCL on GPUs, gloo on CPUs."""
-    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+def init_distributed(launcher) -> torch.device:
+    """Join the process group torchrun set up: NCCL on GPUs, gloo on CPUs; with set-up's long timeout
+    (trainer/collectives.py)."""
+    use_cuda = launcher.device == "cuda" or (launcher.device == "auto" and torch.cuda.is_available())
+    timeout = collectives.init_timeout(launcher)
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return device
 
 
 class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device = init_distributed(cfg.launcher.device)
+        self.device = init_distributed(cfg.launcher)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.watch = collectives.CollectiveWatch(cfg.launcher, self.rank, self.world_size)
         self.dtype = DTYPES[cfg.train.precision]
         self.strategy = make_strategy(cfg, self.device, self.dtype)
         self.metrics = None
@@ -66,8 +69,16 @@ class Trainer:
     def run(self) -> None:
         try:
             self.setup()
-            if self.train():
+            trained = self.train()
+            self.checkpointer.wait()  # the end of the run waits for a background save to complete
+            if trained:
                 self.finish()
+        except RuntimeError as error:
+            timed_out = self.watch.explain(error)
+            if timed_out is None:
+                raise
+            log.error("%s", timed_out)  # with the time it happened, which the traceback lacks
+            raise timed_out from error
         finally:
             self.close()
 
@@ -103,6 +114,9 @@ class Trainer:
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
             self.step, self.micro_batches_done = state["step"], self.resumed_position(state)
+        self.checkpointer = checkpoint.Checkpointer(self.strategy, cfg.output_dir, cfg.train.keep_checkpoints,
+                                                    cfg.train.async_checkpoint, self.watch,
+                                                    cfg.launcher.setup_timeout_s)
         # A restart continues the metrics and the W&B run even from step 0: they are this run's.
         self.metrics = MetricsLogger(cfg, self.rank, self.world_size, self.total_steps, self.step,
                                      resumed=resume_from is not None or restarts > 0)
@@ -186,6 +200,7 @@ class Trainer:
         first_step = self.step + 1  # of this process: a resumed run compiles again
         profiler = StepProfiler(cfg.train.profile_steps, cfg.output_dir, self.rank, self.device)
         while self.step < self.total_steps:
+            self.watch.step = self.step + 1
             self.throughput.step_started()
             profiler.step_started(self.step + 1)
             micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
@@ -193,12 +208,15 @@ class Trainer:
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
             # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1, SIGTERM), so
-            # all of them stop after this step.
+            # all of them stop after this step, and whether every rank's background checkpoint is written.
             counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), int(b.pop("num_tokens"))]
                                    for b in micro_batches]).sum(0).tolist()
-            counts = torch.tensor([*counts, *self.stop_request.flags()], device=self.device)
+            counts = torch.tensor([*counts, *self.stop_request.flags(), *self.checkpointer.flags()],
+                                  device=self.device)
             dist.all_reduce(counts)
-            label_tokens, input_tokens, usr1_requests, term_requests = counts.tolist()
+            label_tokens, input_tokens, usr1_requests, term_requests, saves_written = counts.tolist()
+            if saves_written == self.world_size:
+                self.checkpointer.wait()  # done on every rank: marks it complete, waits for nothing
             # Each rank's gradients are averaged over ranks, hence the share of the tokens per rank.
             tokens_per_rank = label_tokens / self.world_size
             lr = strategy.optimizer.param_groups[0]["lr"]
@@ -225,6 +243,8 @@ class Trainer:
                 label_tokens_since_log += label_tokens
             self.throughput.step_done(input_tokens)
             profiler.step_done(self.step)
+            if self.step == first_step:
+                self.watch.start_training()  # every rank has set up and compiled: collectives now keep in step
             if self.step == first_step and self.fast_path.compile_blocks and self.rank == 0:
                 log.info("compile: the first step took %.1f s with compilation; %s",
                          self.throughput.totals()["step_time_s"], fast_path.compile_report())
@@ -256,6 +276,7 @@ class Trainer:
         path = checkpoint_dir(self.cfg.output_dir, self.step)
         if not already_saved:
             path = self.save_checkpoint()
+        self.checkpointer.wait()  # complete before the marker names it and the grace period ends
         self.stop_request.saved()
         if self.rank == 0:
             preemption.write_marker(self.cfg.output_dir, path, signal_name)
@@ -300,8 +321,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         state = {"step": self.step, "micro_batches_done": self.micro_batches_done,
                  "micro_batch_size": self.cfg.train.micro_batch_size, "world_size": self.world_size}
-        return checkpoint.save_checkpoint(self.strategy, self.cfg.output_dir, self.step, state,
-                                          self.cfg.train.keep_checkpoints)
+        return self.checkpointer.save(self.step, state)
 
     def peak_memory(self) -> dict:
         """Memory statistics of the rank that uses the most (ranks can differ: uneven shards, rank 0's
@@ -345,6 +365,10 @@ class Trainer:
 
     def export(self) -> Path:
         """Write final/: a peft adapter directory (LoRA, QLoRA) or a transformers model (full)."""
+        with self.watch.alone():  # rank 0 writes while the others wait
+            return self._export()
+
+    def _export(self) -> Path:
         state = self.strategy.gather_state_dict()  # collective
         final_dir = Path(self.cfg.output_dir, FINAL_DIR)
         if self.rank == 0:
@@ -364,5 +388,6 @@ class Trainer:
         # destroyed from the reducer's destructor at interpreter exit can deadlock its own worker threads.
         self.strategy = None
         gc.collect()
-        if dist.is_initialized():
+        # Not after a collective timed out: tearing the group down would wait for the rank that stopped.
+        if dist.is_initialized() and not self.watch.failed:
             dist.destroy_process_group()

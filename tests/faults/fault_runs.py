@@ -48,6 +48,14 @@ class BackgroundRun:
             time.sleep(0.05)  # polling for the step, with a deadline
         pytest.fail(f"the run did not reach step {step}: {self.finish().stderr[-3000:] if self.result else ''}")
 
+    def wait_for_path(self, path: Path) -> None:
+        """Wait until `path` exists (a checkpoint's shard file or marker)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not path.exists():
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                pytest.fail(f"{path} never appeared")
+            time.sleep(0.05)  # polling for the file, with a deadline
+
     def finish(self, timeout_s: float = DEADLINE_S):
         """The command's CompletedProcess once it has ended."""
         self.thread.join(timeout_s)

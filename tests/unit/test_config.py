@@ -308,6 +308,11 @@ REFUSED = [
     (("method=qlora", "strategy=fsdp"), {"method.use_dora": True}, "method.use_dora", "use strategy=ddp"),
     (("method=qlora", "strategy=fsdp"), {"method.quant_storage_dtype": "bf16"}, "method.quant_storage_dtype",
      "in the compute dtype (fp32)"),
+    # DeepSpeed writes its own checkpoints, synchronously: an asynchronous one would be a setting it ignores.
+    (("method=full", "strategy=zero2"), {"train.async_checkpoint": True}, "train.async_checkpoint",
+     "strategy=zero2 (DeepSpeed) saves synchronously only"),
+    ((), {"launcher.collective_timeout_s": 0}, "launcher.collective_timeout_s", "must be > 0 seconds"),
+    ((), {"launcher.setup_timeout_s": -1}, "launcher.setup_timeout_s", "must be > 0 seconds"),
 ]
 
 

@@ -6,6 +6,7 @@ The training loop calls only these methods, so it never asks which strategy it r
 """
 import contextlib
 import math
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,6 +21,17 @@ from torch.distributed.tensor import DTensor
 from ...strategy_registry import strategy_spec
 from .. import fp8
 from ..model import build_model
+from ..save_faults import storage_writer
+
+def _tensor_bytes(state) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in state)
+    return 0
+
 
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -118,7 +130,19 @@ class Strategy:
                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self._state_options())}
 
     def save(self, directory: Path) -> None:
-        dcp.save(self._checkpoint_state(), checkpoint_id=str(directory / "state"))
+        dcp.save(self._checkpoint_state(), storage_writer=storage_writer(directory / "state", dist.get_rank()))
+
+    def save_async(self, directory: Path, group: dist.ProcessGroup) -> Future:
+        """Copy the state to host memory now and write it in a background thread, whose collectives run on
+        `group` (gloo; not the training's group, which the loop keeps using meanwhile). The future is done when
+        this rank's part is written, and holds DCP's CheckpointException (every rank's) when some rank failed."""
+        return dcp.async_save(self._checkpoint_state(), process_group=group,
+                              storage_writer=storage_writer(directory / "state", dist.get_rank()))
+
+    def checkpoint_bytes(self) -> int:
+        """About what a checkpoint takes on disk, all ranks together: each tensor of the state once, at its whole
+        size (a DTensor's numel is the whole tensor's; DCP writes a tensor that DDP replicates once)."""
+        return _tensor_bytes(self._checkpoint_state())
 
     def load(self, directory: Path) -> None:
         state = self._checkpoint_state()

@@ -108,6 +108,15 @@ class DeepSpeedStrategy(Strategy):
     def save(self, directory: Path):
         self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG)
 
+    def checkpoint_bytes(self) -> int:
+        """An estimate from the parameters: the module's weights, and fp32 master weights and Adam's two moments
+        for the trainable ones (ZeRO-3 partitions a parameter: its whole size is ds_numel)."""
+        total = 0
+        for p in self.module.parameters():
+            numel = getattr(p, "ds_numel", p.numel())
+            total += numel * p.element_size() + (numel * 12 if p.requires_grad else 0)
+        return total
+
     def load(self, directory: Path):
         # The scheduler's state comes from trainer_state.json, as for every strategy.
         path, _ = self.model.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True,
