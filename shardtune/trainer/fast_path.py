@@ -84,6 +84,11 @@ def apply(model, fast_path: FastPath, decoder_layers) -> None:
         # The blocks share one compiled graph; allow a recompile per block where guards still tell them apart,
         # rather than a silent fall-back to eager after the default eight.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, len(layers) + 8)
+        # Under activation checkpointing the compiler traces the checkpointed forward as one operator, which may not
+        # change state outside it. transformers' hub-kernel routing (the `kernels` package) sets a context variable
+        # around a layer's forward and restores it: nothing a recompute in backward needs to repeat. Without this the
+        # whole checkpointed block falls back to eager (a graph break the compile report shows).
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
         for layer in layers:
             layer.compile()  # in place: the strategy's hooks (FSDP2, ZeRO-3) stay on the module
 

@@ -28,10 +28,10 @@ def choose(train_cfg, device_type: str, method: str, strategy_kind: str) -> Tupl
     asked = train_cfg.fp8
     if asked == "none":
         return "none", ""
-    missing = ("is for full fine-tuning (LoRA's base is frozen: its matmuls stay in the compute dtype)"
+    missing = ("only for full fine-tuning (LoRA's frozen base keeps its matmuls in the compute dtype)"
                if method != "full"
                else "needs a CUDA GPU" if device_type != "cuda"
-               else "works with DDP and FSDP, not DeepSpeed" if strategy_kind == "deepspeed"
+               else "only with DDP and FSDP, not DeepSpeed" if strategy_kind == "deepspeed"
                else "needs torchao (pip install torchao)" if not torchao_installed()
                else None)
     if asked == "auto":
@@ -39,7 +39,7 @@ def choose(train_cfg, device_type: str, method: str, strategy_kind: str) -> Tupl
         # default); train.fp8=tensorwise or rowwise uses it now.
         return "none", missing or "auto does not use it yet"
     if missing:
-        raise ConfigError("train.fp8", f"{asked} {missing}")
+        raise ConfigError("train.fp8", f"{asked}: {missing}")
     return asked, ""
 
 

@@ -16,3 +16,15 @@ def test_compiled_blocks_give_the_eager_losses_under_fsdp(shared_run, tmp_path):
     assert sorted(compiled) == sorted(eager)
     for step, loss in eager.items():
         assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step
+
+
+def test_compiled_blocks_with_selective_checkpointing_give_the_eager_losses(shared_run, tmp_path):
+    """Checkpointing inside compiled blocks (the compiler traces torch.utils.checkpoint, per-op policy included)."""
+    eager = train_losses(shared_run("lora-ddp"))
+    result = run_shardtune("train", *SHARED_RUNS["lora-ddp"], "train.compile=blocks",
+                           "train.activation_checkpointing=true", "train.activation_checkpointing_every=2",
+                           "train.activation_checkpointing_policy=ops", f"output_dir={tmp_path}")
+    assert "0 graph breaks" in result.stdout + result.stderr
+    compiled = train_losses(tmp_path)
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step

@@ -19,13 +19,13 @@ def test_auto_is_off_and_says_why(monkeypatch):
 
 
 @pytest.mark.parametrize("device, method, kind, installed, reason", [
-    ("cuda", "lora", "fsdp", True, "is for full fine-tuning"),
+    ("cuda", "lora", "fsdp", True, "only for full fine-tuning"),
     ("cpu", "full", "ddp", True, "needs a CUDA GPU"),
-    ("cuda", "full", "deepspeed", True, "works with DDP and FSDP, not DeepSpeed"),
+    ("cuda", "full", "deepspeed", True, "only with DDP and FSDP, not DeepSpeed"),
     ("cuda", "full", "fsdp", False, "needs torchao")])
 def test_a_recipe_the_run_cannot_have_is_refused(monkeypatch, device, method, kind, installed, reason):
     monkeypatch.setattr(fp8, "torchao_installed", lambda: installed)
-    with pytest.raises(ConfigError, match=f"train.fp8.*tensorwise {reason}"):
+    with pytest.raises(ConfigError, match=f"train.fp8.*tensorwise: {reason}"):
         fp8.choose(train("tensorwise"), device, method, kind)
 
 
