@@ -28,6 +28,14 @@ for part in "$@"; do
       done
       wait
       ;;
+    quick)
+      # The GPU tests of what changed last, side by side (for a short device call).
+      for case in full-fsdp variants "fp8 and fsdp"; do
+        timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
+          > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
+      done
+      wait
+      ;;
     1b-full)
       # The 1B full fine-tune with the fast path, beside HF + Liger, then with fp8 and eager; steps 8-9 profiled.
       P="train.profile_steps=[8,9]"
