@@ -10,6 +10,7 @@ from ..cluster import slurm
 from ..cluster.rendezvous import check_rendezvous_reachable
 from ..data import load_or_build
 from ..data.pipeline import format_report
+from ..run_dir import complete_checkpoints
 from ..trainer import preemption
 from .fit import check_memory
 from .micro_batch import fit_to_data
@@ -81,6 +82,12 @@ def run_locally(plan: LaunchPlan) -> None:
                   f"{plan.config.train.grace_period_s:g} s (resume=auto continues from the newest complete one, "
                   "if any)", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGTERM)
+    if returncode == 128 + signal.SIGINT:
+        newest = complete_checkpoints(plan.output_dir)
+        print("shardtune: interrupted (Ctrl-C): stopped at once, without a checkpoint; "
+              + (f"the newest complete one is {newest[-1]}; continue with resume=auto" if newest
+                 else "no checkpoint to continue from"), file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     if returncode:
         sys.exit(f"shardtune: workers failed (exit code {returncode}); see the log above and {plan.output_dir}")
     if stopped:

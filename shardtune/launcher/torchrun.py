@@ -169,6 +169,8 @@ def run_torchrun(plan: LaunchPlan, environment: Optional[dict] = None) -> int:
     previous = signal.signal(signal.SIGTERM, forward) if main_thread else None
     try:
         returncode = torchrun.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too, which stops its workers: wait for it to finish that
+        returncode = torchrun.wait()
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -253,12 +255,17 @@ def forked_worker(config_path: str) -> None:
     from ..trainer import worker
     rank = os.environ["RANK"]
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's handler, which passes SIGTERM on, is not ours
+    # Ctrl-C reaches the workers too (one process group): a KeyboardInterrupt, not the agent's handler it was forked
+    # with, which would print a SignalException's traceback from every rank.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # `ps` and `top` show the rank instead of a copy of the launcher's command line.
     _set_process_name(f"shardtune-r{rank}")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch read it when the launcher imported torch
     apply_allocator_environment()
     try:
         worker.run(config_path)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)  # the launcher says what was interrupted
     except Exception:
         sys.excepthook(*sys.exc_info())  # after init_process_group: torch's, which prefixes "[rank1]: "
         raise

@@ -43,3 +43,20 @@ def test_sigterm_past_the_grace_period_exits_without_a_checkpoint(tmp_path):
     assert "shardtune: stopped by SIGTERM; no checkpoint was written within train.grace_period_s=0 s" in result.stderr
     assert complete_checkpoints(output_dir) == []
     assert not (output_dir / PREEMPTED_MARKER).exists()
+
+
+def test_ctrl_c_stops_at_once_and_names_the_checkpoint_to_continue_from(tmp_path):
+    """Ctrl-C in a terminal signals the launcher and its workers alike (one process group): they stop at once,
+    without a checkpoint, and the command says which complete checkpoint resume=auto continues from."""
+    output_dir = tmp_path / "run"
+    run = BackgroundRun(output_dir, *RUN, "train.save_interval=2")
+    run.wait_for_path(output_dir / "checkpoints" / "step-2" / "COMPLETE")
+    workers = [run.worker(0), run.worker(1)]
+    for process in [workers[0].parent(), *workers]:
+        process.send_signal(signal.SIGINT)
+    result = run.finish()
+    assert result.returncode == 128 + signal.SIGINT, result.stderr[-4000:]
+    newest = complete_checkpoints(output_dir)[-1]
+    assert (f"shardtune: interrupted (Ctrl-C): stopped at once, without a checkpoint; the newest complete one is "
+            f"{newest}; continue with resume=auto") in result.stderr, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
