@@ -23,7 +23,12 @@ from .. import fp8
 from ..model import build_model
 from ..save_faults import storage_writer
 
+OptimizerFactory = Callable[[list], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
 def _tensor_bytes(state) -> int:
+    """Bytes of the tensors in a (nested) state dict: what a checkpoint of it writes, at least."""
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
     if isinstance(state, dict):
@@ -31,10 +36,6 @@ def _tensor_bytes(state) -> int:
     if isinstance(state, (list, tuple)):
         return sum(_tensor_bytes(value) for value in state)
     return 0
-
-
-OptimizerFactory = Callable[[list], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class Strategy:
