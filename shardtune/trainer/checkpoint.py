@@ -40,6 +40,11 @@ def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
     return path
 
 
+def saved_world_size(path: Path, default: int) -> int:
+    """The number of ranks that wrote the checkpoint at `path` (`default` for one that does not record it)."""
+    return json.loads((path / "trainer_state.json").read_text()).get("world_size", default)
+
+
 class CheckpointError(OSError):
     """A checkpoint could not be written (no space, a write error); every rank raises it alike."""
 

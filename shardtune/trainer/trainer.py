@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, load_or_build_in_workers
+from ..data.batches import DataPosition
 from ..data.pipeline import format_report
 from ..config import weights_origin
 from ..data.tokenize import IGNORE_INDEX
@@ -63,7 +64,7 @@ class Trainer:
         self.nonfinite = nonfinite.NonfiniteSteps(cfg.train.skip_nonfinite_steps, self.rank)
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
-        self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
+        self.data_position = DataPosition()  # the whole run's place in the data, for exact resume on any world size
         self.started = time.time()
 
     def run(self) -> None:
@@ -87,6 +88,13 @@ class Trainer:
         cfg = self.cfg
         self.tokenizer = build_tokenizer(cfg.model)
         self.build_data()
+        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
+        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
+        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
+        if resume_from is not None:  # before the strategy builds anything: DeepSpeed may convert the checkpoint
+            self.strategy.prepare_resume(resume_from, checkpoint.saved_world_size(resume_from, self.world_size))
         source = model_source(cfg, self.dtype)
         # Seeded right before building, after anything one rank does alone: every rank must create the
         # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
@@ -106,14 +114,10 @@ class Trainer:
         self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
         if micro_batch_trial.runs_trial(cfg, self.device, strategy_spec(cfg.strategy).kind):
             self.confirm_micro_batch()  # before the checkpoint's optimizer states: the trial stands in for them
-        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
-        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
-        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
-            self.step, self.micro_batches_done = state["step"], self.resumed_position(state)
+            self.step, self.data_position = state["step"], self.resumed_position(state)
+            self.check_global_batch(state)
         self.checkpointer = checkpoint.Checkpointer(self.strategy, cfg.output_dir, cfg.train.keep_checkpoints,
                                                     cfg.train.async_checkpoint, self.watch,
                                                     cfg.launcher.setup_timeout_s)
@@ -174,26 +178,45 @@ class Trainer:
             train.micro_batch_size, train.grad_accum = size, rows_per_step // size
             self.batch_data()
 
-    def resumed_position(self, state: dict) -> int:
-        """This rank's micro-batches done, counted at this run's micro batch: a checkpoint saved at another one (a trial
-        chose differently) has read the same rows in micro-batches of another size."""
-        saved_size = state.get("micro_batch_size", self.cfg.train.micro_batch_size)
-        return state["micro_batches_done"] * saved_size // self.cfg.train.micro_batch_size
+    def resumed_position(self, state: dict) -> DataPosition:
+        """Where the saved run was in the data, whatever micro batch and world size this run has. Checkpoints record
+        it (data_epoch, data_rows); older ones only each rank's micro-batches done, at the micro batch and world size
+        they record (this run's where they record none): k micro-batches on each of W ranks are the first
+        k * micro_batch_size * W rows of the order (data/batches.py)."""
+        if "data_epoch" in state:
+            return DataPosition(state["data_epoch"], state["data_rows"])
+        rows_per_global_batch = (state.get("micro_batch_size", self.cfg.train.micro_batch_size)
+                                 * state.get("world_size", self.world_size))
+        epoch, batches = divmod(state["micro_batches_done"], len(self.data.train) // rows_per_global_batch)
+        return DataPosition(epoch, batches * rows_per_global_batch)
 
-    def data_stream(self):
-        """This rank's micro-batches, epoch after epoch, from the saved position on."""
-        per_epoch = len(self.train_batches)
-        epoch, offset = divmod(self.micro_batches_done, per_epoch)
-        while True:
-            for batch in self.train_batches.iterate(epoch, start_batch=offset):
-                yield batch
-            epoch, offset = epoch + 1, 0
+    def check_global_batch(self, state: dict) -> None:
+        """Say what a resume on another world size changes: where it continues, and the rows per step, if they
+        change (warned: the steps done and the learning-rate schedule, by step, stay as they are)."""
+        train, world = self.cfg.train, self.world_size
+        saved_world = state.get("world_size", world)
+        saved = (state.get("micro_batch_size", train.micro_batch_size) * state.get("grad_accum", train.grad_accum)
+                 * saved_world)
+        now = train.micro_batch_size * train.grad_accum * world
+        if self.rank != 0 or (saved_world == world and saved == now):
+            return
+        log.info("the checkpoint was written on %d rank(s), this run has %d: continuing at row %d of epoch %d's order",
+                 saved_world, world, self.data_position.rows, self.data_position.epoch)
+        if saved != now:
+            per_rank, remainder = divmod(saved, train.micro_batch_size * world)
+            keep = (f"train.grad_accum={per_rank} keeps {saved} (train.global_batch_size={saved} checks it)"
+                    if per_rank and not remainder else
+                    f"no train.grad_accum keeps {saved} at train.micro_batch_size={train.micro_batch_size}")
+            log.warning("the global batch changes from %d rows per step (the checkpoint's) to %d (micro_batch_size %d "
+                        "x grad_accum %d x world size %d): the steps done and the learning-rate schedule by step stay, "
+                        "each step now reads %d rows; %s", saved, now, train.micro_batch_size, train.grad_accum, world,
+                        now, keep)
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> bool:
         """Run the steps; False when stopped early by SIGUSR1 (after saving a checkpoint)."""
         cfg, strategy = self.cfg, self.strategy
-        stream = self.data_stream()
+        stream = self.train_batches.stream(self.data_position)
         loss_sum = torch.zeros((), device=self.device)  # token losses since the last log, this rank
         label_tokens_since_log = 0
         strategy.model.train()
@@ -203,8 +226,10 @@ class Trainer:
             self.watch.step = self.step + 1
             self.throughput.step_started()
             profiler.step_started(self.step + 1)
-            micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
-            self.micro_batches_done += len(micro_batches)
+            micro_batches = []
+            for _ in range(cfg.train.grad_accum):
+                batch, self.data_position = next(stream)
+                micro_batches.append(batch)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
             # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1, SIGTERM), so
@@ -319,8 +344,10 @@ class Trainer:
         return results
 
     def save_checkpoint(self) -> Path:
-        state = {"step": self.step, "micro_batches_done": self.micro_batches_done,
-                 "micro_batch_size": self.cfg.train.micro_batch_size, "world_size": self.world_size}
+        train, position = self.cfg.train, self.data_position
+        state = {"step": self.step, "data_epoch": position.epoch, "data_rows": position.rows,
+                 "micro_batch_size": train.micro_batch_size, "grad_accum": train.grad_accum,
+                 "world_size": self.world_size}
         return self.checkpointer.save(self.step, state)
 
     def peak_memory(self) -> dict:

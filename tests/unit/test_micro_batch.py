@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from shardtune.data.batches import DataPosition
 from shardtune.errors import ConfigError
 from shardtune.launcher.fit import check_memory
 from shardtune.launcher.memory import GIB, estimate_memory
@@ -181,9 +182,16 @@ def test_the_stand_in_is_the_optimizer_states_not_yet_allocated():
 
 
 def test_a_resume_at_another_micro_batch_reads_on_from_the_same_row():
-    trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(micro_batch_size=4)))
-    assert Trainer.resumed_position(trainer, {"micro_batches_done": 10, "micro_batch_size": 8}) == 20
-    assert Trainer.resumed_position(trainer, {"micro_batches_done": 10}) == 10  # saved before the size was recorded
+    # Checkpoints from before the data position was recorded: each rank's micro-batches done, at the recorded micro
+    # batch (a trial may have chosen another) and world size; 10 micro-batches of 8 on 2 ranks are 160 rows.
+    trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(micro_batch_size=4)), world_size=2,
+                              data=SimpleNamespace(train=range(1000)))
+    old = {"micro_batches_done": 10, "micro_batch_size": 8, "world_size": 2}
+    assert Trainer.resumed_position(trainer, old) == DataPosition(0, 160)
+    assert Trainer.resumed_position(trainer, {"micro_batches_done": 10}) == DataPosition(0, 80)  # size not recorded
+    # 1000 rows make 62 global micro-batches of 16 an epoch: 70 done are all of epoch 0 and 8 of epoch 1.
+    assert Trainer.resumed_position(trainer, {**old, "micro_batches_done": 70}) == DataPosition(1, 8 * 16)
+    assert Trainer.resumed_position(trainer, {"data_epoch": 3, "data_rows": 24}) == DataPosition(3, 24)
 
 
 def test_under_deepspeed_auto_has_no_trial_and_says_so(tmp_path, no_gpu):
