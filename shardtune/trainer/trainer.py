@@ -192,12 +192,12 @@ class Trainer:
 
     def check_global_batch(self, state: dict) -> None:
         """Say what a resume on another world size changes: where it continues, and the rows per step, if they
-        change (warned: the steps done and the learning-rate schedule, by step, stay as they are)."""
+        change (warned: the steps done and the learning-rate schedule, by step, stay as they are). Checkpoints of
+        earlier versions record no grad_accum: their global batch is not known, and not compared."""
         train, world = self.cfg.train, self.world_size
         saved_world = state.get("world_size", world)
-        saved = (state.get("micro_batch_size", train.micro_batch_size) * state.get("grad_accum", train.grad_accum)
-                 * saved_world)
         now = train.micro_batch_size * train.grad_accum * world
+        saved = state["micro_batch_size"] * state["grad_accum"] * saved_world if "grad_accum" in state else now
         if self.rank != 0 or (saved_world == world and saved == now):
             return
         log.info("the checkpoint was written on %d rank(s), this run has %d: continuing at row %d of epoch %d's order",
