@@ -116,8 +116,11 @@ class Trainer:
             self.confirm_micro_batch()  # before the checkpoint's optimizer states: the trial stands in for them
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
-            self.step, self.data_position = state["step"], self.resumed_position(state)
-            self.check_global_batch(state)
+            self.step = state["step"]
+            self.data_position = checkpoint.data_position(state, len(self.data.train), cfg.train.micro_batch_size,
+                                                          self.world_size)
+            if self.rank == 0:
+                checkpoint.report_layout_change(state, cfg.train, self.world_size, self.data_position)
         self.checkpointer = checkpoint.Checkpointer(self.strategy, cfg.output_dir, cfg.train.keep_checkpoints,
                                                     cfg.train.async_checkpoint, self.watch,
                                                     cfg.launcher.setup_timeout_s)
@@ -177,40 +180,6 @@ class Trainer:
         if size != train.micro_batch_size:
             train.micro_batch_size, train.grad_accum = size, rows_per_step // size
             self.batch_data()
-
-    def resumed_position(self, state: dict) -> DataPosition:
-        """Where the saved run was in the data, whatever micro batch and world size this run has. Checkpoints record
-        it (data_epoch, data_rows); older ones only each rank's micro-batches done, at the micro batch and world size
-        they record (this run's where they record none): k micro-batches on each of W ranks are the first
-        k * micro_batch_size * W rows of the order (data/batches.py)."""
-        if "data_epoch" in state:
-            return DataPosition(state["data_epoch"], state["data_rows"])
-        rows_per_global_batch = (state.get("micro_batch_size", self.cfg.train.micro_batch_size)
-                                 * state.get("world_size", self.world_size))
-        epoch, batches = divmod(state["micro_batches_done"], len(self.data.train) // rows_per_global_batch)
-        return DataPosition(epoch, batches * rows_per_global_batch)
-
-    def check_global_batch(self, state: dict) -> None:
-        """Say what a resume on another world size changes: where it continues, and the rows per step, if they
-        change (warned: the steps done and the learning-rate schedule, by step, stay as they are). Checkpoints of
-        earlier versions record no grad_accum: their global batch is not known, and not compared."""
-        train, world = self.cfg.train, self.world_size
-        saved_world = state.get("world_size", world)
-        now = train.micro_batch_size * train.grad_accum * world
-        saved = state["micro_batch_size"] * state["grad_accum"] * saved_world if "grad_accum" in state else now
-        if self.rank != 0 or (saved_world == world and saved == now):
-            return
-        log.info("the checkpoint was written on %d rank(s), this run has %d: continuing at row %d of epoch %d's order",
-                 saved_world, world, self.data_position.rows, self.data_position.epoch)
-        if saved != now:
-            per_rank, remainder = divmod(saved, train.micro_batch_size * world)
-            keep = (f"train.grad_accum={per_rank} keeps {saved} (train.global_batch_size={saved} checks it)"
-                    if per_rank and not remainder else
-                    f"no train.grad_accum keeps {saved} at train.micro_batch_size={train.micro_batch_size}")
-            log.warning("the global batch changes from %d rows per step (the checkpoint's) to %d (micro_batch_size %d "
-                        "x grad_accum %d x world size %d): the steps done and the learning-rate schedule by step stay, "
-                        "each step now reads %d rows; %s", saved, now, train.micro_batch_size, train.grad_accum, world,
-                        now, keep)
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> bool:

@@ -17,7 +17,7 @@ from conftest import read_metrics, run_shardtune, train_losses
 from shardtune.data import Collator, ShardedBatches
 from shardtune.data.batches import DataPosition
 from shardtune.trainer.strategies import universal_checkpoint
-from shardtune.trainer.trainer import Trainer
+from shardtune.trainer.checkpoint import report_layout_change
 
 
 # -- the data position, on ShardedBatches directly -----------------------------------------------------------------
@@ -83,18 +83,17 @@ def test_the_position_moves_to_the_next_epoch_when_its_rest_fills_no_global_micr
 
 
 def test_a_changed_global_batch_is_warned_with_the_grad_accum_that_keeps_it(caplog):
-    trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(micro_batch_size=4, grad_accum=1)),
-                              world_size=1, rank=0, data_position=DataPosition(0, 32))
+    train = SimpleNamespace(micro_batch_size=4, grad_accum=1)
     saved = {"micro_batch_size": 4, "grad_accum": 1, "world_size": 2}
     with caplog.at_level(logging.INFO, logger="shardtune"):
-        Trainer.check_global_batch(trainer, saved)
+        report_layout_change(saved, train, 1, DataPosition(0, 32))
     assert "the checkpoint was written on 2 rank(s), this run has 1: continuing at row 32 of epoch 0" in caplog.text
     assert ("the global batch changes from 8 rows per step (the checkpoint's) to 4 (micro_batch_size 4 x grad_accum 1 "
             "x world size 1)") in caplog.text
     assert "train.grad_accum=2 keeps 8 (train.global_batch_size=8 checks it)" in caplog.text
     caplog.clear()
-    trainer.cfg.train.grad_accum = 2
-    Trainer.check_global_batch(trainer, saved)
+    train.grad_accum = 2
+    report_layout_change(saved, train, 1, DataPosition(0, 32))
     assert "global batch" not in caplog.text
 
 
