@@ -1,11 +1,12 @@
-"""From tokenized rows to the micro-batches each rank trains on: padding into tensors (`Collator`) and the
-per-rank, per-epoch, resumable order of micro-batches (`ShardedBatches`)."""
+"""From tokenized rows to the micro-batches each rank trains on: padding into tensors (`Collator`), the per-rank,
+per-epoch order of micro-batches (`ShardedBatches`) and the run's place in it (`DataPosition`), which a run on another
+world size continues from."""
 import math
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from datasets import Dataset
-from torch.utils.data import DistributedSampler
 
 from .tokenize import IGNORE_INDEX
 
@@ -44,14 +45,26 @@ class Collator:
                 "position_ids" if packed else "attention_mask": mask_or_positions, "num_tokens": num_tokens}
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the whole run is in the training data: the epoch, and how many rows of that epoch's shuffled order all
+    ranks together have read. The ranks always read a prefix of the order (ShardedBatches), so this is the same number
+    on every rank and means the same place on any world size and micro batch."""
+    epoch: int = 0
+    rows: int = 0
+
+
 class ShardedBatches:
     """The micro-batches one rank trains on, epoch by epoch.
 
-    Each epoch every rank draws the same permutation, seeded by (seed, epoch), drops the tail so that
-    all ranks get the same number of full micro-batches (a rank that ran out early would hang the
-    others in a collective), and takes every world_size-th example from position `rank` on: torch's
-    DistributedSampler with drop_last. With world_size=1 this is the plain shuffled order, and the
-    ranks of a larger world together see a prefix of that same order.
+    Each epoch every rank draws the same permutation of the rows, seeded by (seed, epoch). The ranks read it in
+    global micro-batches of micro_batch_size * world_size consecutive rows: rank r takes rows r, r + world_size,
+    r + 2 * world_size, ... of each. This is the order of torch's DistributedSampler with drop_last (the tail that
+    does not fill a global micro-batch is left out, so no rank runs out before the others and hangs them in a
+    collective), and with world_size=1 the plain shuffled order. Since every global micro-batch is a block of the
+    permutation, a run that has read k of them has read exactly its first k * micro_batch_size * world_size rows
+    (a DataPosition), and a run on another world size or micro batch continues from that row: no row of the epoch is
+    read twice or skipped, only the tail that fills no global micro-batch is left out, as in any run.
     """
 
     def __init__(self, dataset: Dataset, micro_batch_size: int, rank: int, world_size: int, seed: int,
@@ -63,10 +76,10 @@ class ShardedBatches:
             )
         self.dataset = dataset
         self.micro_batch_size = micro_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.rows_per_global_batch = micro_batch_size * world_size  # one micro-batch on every rank
+        self.seed, self.shuffle = seed, shuffle
         self.collator = collator
-        self.sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,20 +87,44 @@ class ShardedBatches:
 
     def __len__(self) -> int:
         """Full micro-batches per epoch on this rank (the same on every rank)."""
-        return len(self.sampler) // self.micro_batch_size
+        return self.batches_left(0)
+
+    def batches_left(self, start_row: int) -> int:
+        """This rank's micro-batches in an epoch from row `start_row` of its order on."""
+        return (len(self.dataset) - start_row) // self.rows_per_global_batch
+
+    def order(self, epoch: int) -> List[int]:
+        """The epoch's permutation of the row indices: the one DistributedSampler draws (seed + epoch)."""
+        if not self.shuffle:
+            return list(range(len(self.dataset)))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
 
     def __iter__(self):
         return self.iterate(self.epoch)
 
-    def iterate(self, epoch: int, start_batch: int = 0):
-        """Yield the collated micro-batches of `epoch` from number `start_batch` on: a resumed run
-        that had consumed k micro-batches passes k and sees exactly what it would have seen next.
-        """
-        assert 0 <= start_batch <= len(self), f"start_batch {start_batch} outside 0..{len(self)}"
-        self.sampler.set_epoch(epoch)
-        indices = list(self.sampler)
-        for batch_number in range(start_batch, len(self)):
-            start = batch_number * self.micro_batch_size
-            columns = self.dataset[indices[start:start + self.micro_batch_size]]
-            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            yield self.collator(rows)
+    def iterate(self, epoch: int, start_row: int = 0):
+        """Yield the collated micro-batches of `epoch` whose rows come at or after `start_row` of the epoch's order: a
+        run resumed at DataPosition(epoch, start_row) sees exactly the rows the saved run had not read yet."""
+        for rows in self.row_indices(epoch, start_row):
+            columns = self.dataset[rows]
+            yield self.collator([dict(zip(columns, values)) for values in zip(*columns.values())])
+
+    def row_indices(self, epoch: int, start_row: int = 0) -> Iterator[List[int]]:
+        """The dataset indices of this rank's micro-batches (what `iterate` collates)."""
+        assert 0 <= start_row <= len(self.dataset), f"start_row {start_row} outside 0..{len(self.dataset)}"
+        order = self.order(epoch)
+        for batch_number in range(self.batches_left(start_row)):
+            first = start_row + batch_number * self.rows_per_global_batch
+            yield order[first + self.rank:first + self.rows_per_global_batch:self.world_size]
+
+    def stream(self, position: DataPosition) -> Iterator[Tuple[Dict[str, torch.Tensor], DataPosition]]:
+        """This rank's micro-batches from `position` on, epoch after epoch, each with the position after it (the next
+        epoch's start once the rest of the epoch fills no global micro-batch)."""
+        epoch, row = position.epoch, position.rows
+        while True:
+            for batch in self.iterate(epoch, start_row=row):
+                row += self.rows_per_global_batch
+                yield batch, (DataPosition(epoch, row) if self.batches_left(row) else DataPosition(epoch + 1, 0))
+            epoch, row = epoch + 1, 0

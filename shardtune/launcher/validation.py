@@ -287,9 +287,13 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
     # With auto, the global batch is checked where auto is resolved (micro_batch.py).
     derived = None if micro_batch == AUTO else micro_batch * train.grad_accum * world_size
     if train.global_batch_size is not None and derived is not None and train.global_batch_size != derived:
+        # The usual cause: another number of ranks than before (a resume on another world size); say what keeps it.
+        grad_accum, remainder = divmod(train.global_batch_size, micro_batch * world_size)
+        keep = (f"; train.grad_accum={grad_accum} keeps it on {world_size} rank(s)" if grad_accum and not remainder
+                else "")
         raise ConfigError("train.global_batch_size",
                           f"{train.global_batch_size} != micro_batch_size {train.micro_batch_size} x grad_accum "
-                          f"{train.grad_accum} x world size {world_size} = {derived}")
+                          f"{train.grad_accum} x world size {world_size} = {derived}{keep}")
     if train.precision not in PRECISIONS:
         raise ConfigError("train.precision", f"expected one of {', '.join(PRECISIONS)}, got {train.precision!r}")
     if device_type == "cpu" and train.precision == "fp16":

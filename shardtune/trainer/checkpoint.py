@@ -1,7 +1,7 @@
 """Resumable checkpoints: `<output_dir>/checkpoints/step-N/`.
 
 Each holds the strategy's sharded model and optimizer state, `trainer_state.json` (step, data position,
-scheduler) and one RNG file per rank. Rank 0 writes the COMPLETE marker only after every rank has
+scheduler, and the layout that wrote it: micro batch, grad_accum, world size) and one RNG file per rank. Rank 0 writes the COMPLETE marker only after every rank has
 finished writing, so a directory without it (a crash, a kill mid-save) is never picked for resume; older
 checkpoints are deleted (train.keep_checkpoints) only after that. A save that fails (a full disk) removes its
 partial directory and stops the run on every rank with the path and the space needed; one that obviously cannot
@@ -12,6 +12,7 @@ written, already makes a directory count only once whole; a staging directory wo
 its rename, and one more step that can be cut off.
 """
 import json
+import logging
 import random
 import shutil
 from concurrent.futures import Future
@@ -24,8 +25,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from ..data.batches import DataPosition
 from ..run_dir import (COMPLETE_MARKER, checkpoint_dir, checkpoint_root, complete_checkpoints, is_complete,
                        write_json_atomic)
+
+log = logging.getLogger("shardtune")
 
 
 def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
@@ -38,6 +42,45 @@ def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
     if not is_complete(path):
         raise ValueError(f"resume: {path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
     return path
+
+
+def saved_world_size(path: Path, default: int) -> int:
+    """The number of ranks that wrote the checkpoint at `path` (`default` for one that does not record it)."""
+    return json.loads((path / "trainer_state.json").read_text()).get("world_size", default)
+
+
+def data_position(state: dict, num_train_rows: int, micro_batch_size: int, world_size: int) -> DataPosition:
+    """Where the saved run was in the training data, whatever micro batch and world size this run has. Checkpoints
+    record it (data_epoch, data_rows); those of earlier versions only each rank's micro-batches done, at the micro batch
+    and world size they record (this run's where they record none): k micro-batches on each of W ranks are the first
+    k * micro_batch_size * W rows of the epoch's order (data/batches.py)."""
+    if "data_epoch" in state:
+        return DataPosition(state["data_epoch"], state["data_rows"])
+    rows_per_global_batch = state.get("micro_batch_size", micro_batch_size) * state.get("world_size", world_size)
+    epoch, batches = divmod(state["micro_batches_done"], num_train_rows // rows_per_global_batch)
+    return DataPosition(epoch, batches * rows_per_global_batch)
+
+
+def report_layout_change(state: dict, train, world_size: int, position: DataPosition) -> None:
+    """Say what a resume on another world size changes: where it continues, and the rows per step if they change
+    (a warning: the steps done and the learning-rate schedule, by step, stay as they are). Checkpoints of earlier
+    versions record no grad_accum: their global batch is not known, and not compared."""
+    saved_world = state.get("world_size", world_size)
+    now = train.micro_batch_size * train.grad_accum * world_size
+    saved = state["micro_batch_size"] * state["grad_accum"] * saved_world if "grad_accum" in state else now
+    if saved_world == world_size and saved == now:
+        return
+    log.info("the checkpoint was written on %d rank(s), this run has %d: continuing at row %d of epoch %d's order",
+             saved_world, world_size, position.rows, position.epoch)
+    if saved != now:
+        per_rank, remainder = divmod(saved, train.micro_batch_size * world_size)
+        keep = (f"train.grad_accum={per_rank} keeps {saved} (train.global_batch_size={saved} checks it)"
+                if per_rank and not remainder else
+                f"no train.grad_accum keeps {saved} at train.micro_batch_size={train.micro_batch_size}")
+        log.warning("the global batch changes from %d rows per step (the checkpoint's) to %d (micro_batch_size %d x "
+                    "grad_accum %d x world size %d): the steps done and the learning-rate schedule by step stay, each "
+                    "step now reads %d rows; %s", saved, now, train.micro_batch_size, train.grad_accum, world_size,
+                    now, keep)
 
 
 class CheckpointError(OSError):

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import Collator, ShardedBatches, load_or_build_in_workers
+from ..data.batches import DataPosition
 from ..data.pipeline import format_report
 from ..config import weights_origin
 from ..data.tokenize import IGNORE_INDEX
@@ -63,7 +64,7 @@ class Trainer:
         self.nonfinite = nonfinite.NonfiniteSteps(cfg.train.skip_nonfinite_steps, self.rank)
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
-        self.micro_batches_done = 0  # this rank's position in the data stream, for exact resume
+        self.data_position = DataPosition()  # the whole run's place in the data, for exact resume on any world size
         self.started = time.time()
 
     def run(self) -> None:
@@ -87,6 +88,13 @@ class Trainer:
         cfg = self.cfg
         self.tokenizer = build_tokenizer(cfg.model)
         self.build_data()
+        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
+        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
+        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
+        if resume_from is not None:  # before the strategy builds anything: DeepSpeed may convert the checkpoint
+            self.strategy.prepare_resume(resume_from, checkpoint.saved_world_size(resume_from, self.world_size))
         source = model_source(cfg, self.dtype)
         # Seeded right before building, after anything one rank does alone: every rank must create the
         # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
@@ -106,14 +114,13 @@ class Trainer:
         self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
         if micro_batch_trial.runs_trial(cfg, self.device, strategy_spec(cfg.strategy).kind):
             self.confirm_micro_batch()  # before the checkpoint's optimizer states: the trial stands in for them
-        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
-        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
-        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
         if resume_from is not None:
             state = checkpoint.load_checkpoint(self.strategy, resume_from)
-            self.step, self.micro_batches_done = state["step"], self.resumed_position(state)
+            self.step = state["step"]
+            self.data_position = checkpoint.data_position(state, len(self.data.train), cfg.train.micro_batch_size,
+                                                          self.world_size)
+            if self.rank == 0:
+                checkpoint.report_layout_change(state, cfg.train, self.world_size, self.data_position)
         self.checkpointer = checkpoint.Checkpointer(self.strategy, cfg.output_dir, cfg.train.keep_checkpoints,
                                                     cfg.train.async_checkpoint, self.watch,
                                                     cfg.launcher.setup_timeout_s)
@@ -174,26 +181,11 @@ class Trainer:
             train.micro_batch_size, train.grad_accum = size, rows_per_step // size
             self.batch_data()
 
-    def resumed_position(self, state: dict) -> int:
-        """This rank's micro-batches done, counted at this run's micro batch: a checkpoint saved at another one (a trial
-        chose differently) has read the same rows in micro-batches of another size."""
-        saved_size = state.get("micro_batch_size", self.cfg.train.micro_batch_size)
-        return state["micro_batches_done"] * saved_size // self.cfg.train.micro_batch_size
-
-    def data_stream(self):
-        """This rank's micro-batches, epoch after epoch, from the saved position on."""
-        per_epoch = len(self.train_batches)
-        epoch, offset = divmod(self.micro_batches_done, per_epoch)
-        while True:
-            for batch in self.train_batches.iterate(epoch, start_batch=offset):
-                yield batch
-            epoch, offset = epoch + 1, 0
-
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> bool:
         """Run the steps; False when stopped early by SIGUSR1 (after saving a checkpoint)."""
         cfg, strategy = self.cfg, self.strategy
-        stream = self.data_stream()
+        stream = self.train_batches.stream(self.data_position)
         loss_sum = torch.zeros((), device=self.device)  # token losses since the last log, this rank
         label_tokens_since_log = 0
         strategy.model.train()
@@ -203,8 +195,10 @@ class Trainer:
             self.watch.step = self.step + 1
             self.throughput.step_started()
             profiler.step_started(self.step + 1)
-            micro_batches = [next(stream) for _ in range(cfg.train.grad_accum)]
-            self.micro_batches_done += len(micro_batches)
+            micro_batches = []
+            for _ in range(cfg.train.grad_accum):
+                batch, self.data_position = next(stream)
+                micro_batches.append(batch)
             # Normalise by the label tokens of the whole step on all ranks, so every token weighs the
             # same whatever the padding, the accumulation and the sharding (one all-reduce per step).
             # The same all-reduce tells every rank whether any rank was asked to stop (SIGUSR1, SIGTERM), so
@@ -319,8 +313,10 @@ class Trainer:
         return results
 
     def save_checkpoint(self) -> Path:
-        state = {"step": self.step, "micro_batches_done": self.micro_batches_done,
-                 "micro_batch_size": self.cfg.train.micro_batch_size, "world_size": self.world_size}
+        train, position = self.cfg.train, self.data_position
+        state = {"step": self.step, "data_epoch": position.epoch, "data_rows": position.rows,
+                 "micro_batch_size": train.micro_batch_size, "grad_accum": train.grad_accum,
+                 "world_size": self.world_size}
         return self.checkpointer.save(self.step, state)
 
     def peak_memory(self) -> dict:

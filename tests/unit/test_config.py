@@ -360,7 +360,8 @@ def test_global_batch_size_counts_every_rank():
     cfg = compose_cfg(values={"train.micro_batch_size": 2, "train.grad_accum": 3, "train.global_batch_size": 48})
     validate(cfg, "cpu", 8)
     error = config_error(cfg, world_size=4)
-    assert "48 != micro_batch_size 2 x grad_accum 3 x world size 4 = 24" in str(error)
+    assert "48 != micro_batch_size 2 x grad_accum 3 x world size 4 = 24; train.grad_accum=6 keeps it on 4 rank(s)" \
+        in str(error)
 
 
 def test_local_model_path_needs_a_config_json(tmp_path):

@@ -176,10 +176,10 @@ def test_epochs_reorder_and_iteration_is_repeatable():
     assert rows_in(batches) == rows_in(batches.iterate(epoch=1))
 
 
-def test_start_batch_yields_the_tail_of_the_epoch():
+def test_start_row_yields_the_tail_of_the_epoch():
     batches = sharded(numbered_rows(30), 3, rank=1, world_size=2)
     full = [batch["input_ids"] for batch in batches.iterate(epoch=2)]
-    resumed = [batch["input_ids"] for batch in batches.iterate(epoch=2, start_batch=3)]
+    resumed = [batch["input_ids"] for batch in batches.iterate(epoch=2, start_row=3 * 3 * 2)]  # 3 global batches
     assert len(full) == len(batches) == 5 and len(resumed) == 2
     assert all((a == b).all() for a, b in zip(full[3:], resumed))
 

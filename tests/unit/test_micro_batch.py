@@ -11,13 +11,14 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from shardtune.data.batches import DataPosition
 from shardtune.errors import ConfigError
 from shardtune.launcher.fit import check_memory
 from shardtune.launcher.memory import GIB, estimate_memory
 from shardtune.launcher.micro_batch import CPU_MAX_MICRO_BATCH, fit_to_data
 from shardtune.launcher.torchrun import plan_launch
 from shardtune.trainer.micro_batch_trial import confirm_micro_batch, missing_optimizer_state_bytes, next_smaller
-from shardtune.trainer.trainer import Trainer
+from shardtune.trainer.checkpoint import data_position
 
 LORA_1B = ("model=llama3.2-1b", "method=lora", "strategy=ddp")
 
@@ -181,9 +182,16 @@ def test_the_stand_in_is_the_optimizer_states_not_yet_allocated():
 
 
 def test_a_resume_at_another_micro_batch_reads_on_from_the_same_row():
-    trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(micro_batch_size=4)))
-    assert Trainer.resumed_position(trainer, {"micro_batches_done": 10, "micro_batch_size": 8}) == 20
-    assert Trainer.resumed_position(trainer, {"micro_batches_done": 10}) == 10  # saved before the size was recorded
+    # Checkpoints from before the data position was recorded: each rank's micro-batches done, at the recorded micro
+    # batch (a trial may have chosen another) and world size; 10 micro-batches of 8 on 2 ranks are 160 rows.
+    def position(state):  # on 2 ranks at micro batch 4, 1000 training rows
+        return data_position(state, 1000, micro_batch_size=4, world_size=2)
+    old = {"micro_batches_done": 10, "micro_batch_size": 8, "world_size": 2}
+    assert position(old) == DataPosition(0, 160)
+    assert position({"micro_batches_done": 10}) == DataPosition(0, 80)  # size not recorded
+    # 1000 rows make 62 global micro-batches of 16 an epoch: 70 done are all of epoch 0 and 8 of epoch 1.
+    assert position({**old, "micro_batches_done": 70}) == DataPosition(1, 8 * 16)
+    assert position({"data_epoch": 3, "data_rows": 24}) == DataPosition(3, 24)
 
 
 def test_under_deepspeed_auto_has_no_trial_and_says_so(tmp_path, no_gpu):

@@ -113,6 +113,11 @@ class Strategy:
         return grad_norm
 
     # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
+    def prepare_resume(self, directory: Path, saved_world_size: int) -> None:
+        """Called before the model is built when the run resumes from `directory`, written on `saved_world_size`
+        ranks. Nothing to do here: DCP reshards on load by itself, reading each saved tensor (a DTensor's shards under
+        FSDP2, DDP's whole tensors) into whatever layout this run's state dict asks for."""
+
     def _state_options(self, **kw) -> StateDictOptions:
         return StateDictOptions(ignore_frozen_params=self.trainable_only, **kw)
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from ..zero3_loading import build_partitioned_model
+from . import universal_checkpoint
 from .base import Strategy
 
 CHECKPOINT_TAG = "deepspeed"
@@ -62,6 +63,7 @@ class DeepSpeedStrategy(Strategy):
         super().__init__(cfg, device, dtype)
         self.config = deepspeed_config(cfg, dtype)
         self._hf_deepspeed_config = None
+        self.load_root = None  # where `load` reads from: the checkpoint, or its universal form (prepare_resume)
 
     def build_model(self, source):
         if self.cfg.strategy.stage != 3:
@@ -105,6 +107,13 @@ class DeepSpeedStrategy(Strategy):
         grad_norm = self.model.get_global_grad_norm()
         return float(grad_norm) if grad_norm is not None else None  # None: not reported, not a fault
 
+    def prepare_resume(self, directory, saved_world_size):
+        # ZeRO's partitions load only on the world size that saved them; another one loads the universal form, which
+        # the engine must be told of before it starts.
+        if saved_world_size != dist.get_world_size():
+            self.load_root = universal_checkpoint.convert_once(directory, CHECKPOINT_TAG, saved_world_size, self.device)
+            self.config["checkpoint"] = {**self.config.get("checkpoint", {}), "load_universal": True}
+
     def save(self, directory: Path):
         self.model.save_checkpoint(str(directory), tag=CHECKPOINT_TAG)
 
@@ -119,8 +128,8 @@ class DeepSpeedStrategy(Strategy):
 
     def load(self, directory: Path):
         # The scheduler's state comes from trainer_state.json, as for every strategy.
-        path, _ = self.model.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
+        path, _ = self.model.load_checkpoint(str(self.load_root or directory), tag=CHECKPOINT_TAG,
+                                             load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"resume: no DeepSpeed checkpoint in {directory}")
 
