@@ -10,6 +10,7 @@ loss, lr, grad_norm, tokens_per_second, tokens_per_second_per_device, step_time_
 peak_mem_alloc_gib, peak_mem_reserved_gib, host_rss_gib, val/loss, val/ppl.
 """
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..run_dir import METRICS_FILE, SUMMARY_FILE, write_json_atomic
 from .wandb_run import open_wandb_run
+
+log = logging.getLogger("shardtune")
 
 GIB = 2**30
 Device = Union[str, torch.device]
@@ -330,8 +333,8 @@ class MetricsLogger:
         record = {"step": step, "time": time.time(), **metrics}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()  # one line at a time, so a crash keeps everything logged before it
-        if self._wandb_run is not None and step > self._wandb_has_steps_until:
-            self._wandb_run.log(metrics, step=step)
+        if step > self._wandb_has_steps_until:
+            self._to_wandb("logging a step", lambda run: run.log(metrics, step=step))
         self._update_bar(step, metrics)
         if self._bar.disable:  # no bar (TQDM_DISABLE=1, e.g. a sweep's trial): a line per record instead
             print(f"step {step}/{self.total_steps} " + " ".join(
@@ -364,8 +367,7 @@ class MetricsLogger:
             table.add_row(_SUMMARY_LABELS.get(key, key), _format_summary_value(key, value))
         Console().print(table)
         write_json_atomic(self.summary_path, rows)
-        if self._wandb_run is not None:
-            self._wandb_run.summary.update(rows)
+        self._to_wandb("storing the summary", lambda run: run.summary.update(rows))
 
     def close(self, exit_code: Optional[int] = None) -> None:
         """Finish W&B, the bar and the file. exit_code None: 1 if an exception is propagating, else 0."""
@@ -380,9 +382,22 @@ class MetricsLogger:
             self._bar.close()
         if self._jsonl is not None:
             self._jsonl.close()
+        self._to_wandb("finishing the run", lambda run: run.finish(exit_code=exit_code))
         if self._wandb_run is not None:
-            self._wandb_run.finish(exit_code=exit_code)
             # finish() can return before W&B's service has flushed an offline run to disk; shutting the
             # service down waits for it, so whoever reads the run directory next sees all of it.
             import wandb
-            wandb.teardown()
+            self._to_wandb("shutting down", lambda run: wandb.teardown())
+
+    def _to_wandb(self, doing: str, call) -> None:
+        """Hand something to W&B. Its service is a process of its own, which a job's SIGTERM (a preemption) stops
+        along with the workers: then warn once and go on without W&B, rather than fail the run, whose checkpoint
+        and metrics.jsonl matter more."""
+        if self._wandb_run is None:
+            return
+        try:
+            call(self._wandb_run)
+        except Exception as error:  # wandb raises connection errors of several kinds
+            log.warning("W&B stopped answering while %s (%s: %s); this run logs to metrics.jsonl only from now on",
+                        doing, type(error).__name__, error)
+            self._wandb_run = None
