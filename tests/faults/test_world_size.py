@@ -142,14 +142,16 @@ def assert_same_losses(resumed, uninterrupted, steps):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
 
 
-def test_fsdp_resumes_on_1_then_4_then_2_ranks_with_the_uninterrupted_losses(tmp_path):
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])  # DCP reshards FSDP's shards; DDP's replicas load whole
+def test_resumes_on_1_then_4_then_2_ranks_with_the_uninterrupted_losses(tmp_path, strategy):
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    run_shardtune("train", *RUN, "strategy=fsdp", "train.max_steps=16", *layout(2, 4, 1), f"output_dir={uninterrupted}")
+    run_shardtune("train", *RUN, f"strategy={strategy}", "train.max_steps=16", *layout(2, 4, 1),
+                  f"output_dir={uninterrupted}")
     resume_from_step_4(uninterrupted, resumed)
     # Each leg resumes the previous leg's newest checkpoint: 2 -> 1, 1 -> 4 (another micro batch too), 4 -> 2.
     for max_steps, workers, (micro_batch_size, grad_accum), saved_on in [(8, 1, (4, 2), 2), (12, 4, (2, 1), 1),
                                                                          (16, 2, (2, 2), 4)]:
-        result = run_shardtune("train", *RUN, "strategy=fsdp", f"train.max_steps={max_steps}",
+        result = run_shardtune("train", *RUN, f"strategy={strategy}", f"train.max_steps={max_steps}",
                                *layout(workers, micro_batch_size, grad_accum), f"output_dir={resumed}", "resume=auto")
         row = (max_steps - 4) * 8
         assert (f"the checkpoint was written on {saved_on} rank(s), this run has {workers}: continuing at row {row} "
