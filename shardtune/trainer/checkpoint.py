@@ -32,7 +32,12 @@ from ..run_dir import (COMPLETE_MARKER, checkpoint_dir, checkpoint_root, complet
 log = logging.getLogger("shardtune")
 
 
-def find_resume_checkpoint(output_dir, resume: str) -> Optional[Path]:
+def find_resume_checkpoint(output_dir, resume: str, restarted: bool = False) -> Optional[Path]:
+    """The checkpoint a run continues from. `restarted`: torchrun restarted the workers after one failed
+    (launcher.max_restarts); they continue from the newest complete checkpoint whatever `resume` says, since
+    starting over would throw away the run's progress."""
+    if restarted and complete_checkpoints(output_dir):
+        resume = "auto"
     if resume == "none":
         return None
     if resume == "auto":

@@ -88,11 +88,8 @@ class Trainer:
         cfg = self.cfg
         self.tokenizer = build_tokenizer(cfg.model)
         self.build_data()
-        # torchrun restarts the workers after one failed (launcher.max_restarts): they continue from the newest
-        # complete checkpoint whatever `resume` says, since starting over would throw away the run's progress.
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        resume = "auto" if restarts and checkpoint.find_resume_checkpoint(cfg.output_dir, "auto") else cfg.resume
-        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, resume)
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's, after a worker failed
+        resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume, restarted=restarts > 0)
         if resume_from is not None:  # before the strategy builds anything: DeepSpeed may convert the checkpoint
             self.strategy.prepare_resume(resume_from, checkpoint.saved_world_size(resume_from, self.world_size))
         source = model_source(cfg, self.dtype)
@@ -135,15 +132,20 @@ class Trainer:
             peak_flops(self.device), self.world_size, self.device)
         if self.rank == 0:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
-            where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
-            if restarts:
-                where = f"restart {restarts} of the workers: {where}"
-            log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
-                     "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
-                     f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
-            log.info("fast path: %s; %s; %s", self.fast_path.describe(),
-                     fp8.describe(self.strategy.fp8_recipe, self.strategy.fp8_why_not),
-                     activations.describe(cfg.train, self.device.type))
+            self.log_start(resume_from, restarts)
+
+    def log_start(self, resume_from, restarts: int) -> None:
+        """Rank 0's first lines: what trains, from where, and which parts of the fast path are on."""
+        cfg = self.cfg
+        where = f"resuming from {resume_from} at step {self.step}" if resume_from else "starting"
+        if restarts:
+            where = f"restart {restarts} of the workers: {where}"
+        log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
+                 "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
+                 f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
+        log.info("fast path: %s; %s; %s", self.fast_path.describe(),
+                 fp8.describe(self.strategy.fp8_recipe, self.strategy.fp8_why_not),
+                 activations.describe(cfg.train, self.device.type))
 
     def build_data(self) -> None:
         cfg = self.cfg
