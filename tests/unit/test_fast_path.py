@@ -10,7 +10,7 @@ from conftest import compose_cfg, run_shardtune
 
 
 def train(**values):
-    return OmegaConf.create({"kernels": "auto", "compile": "auto", **values})
+    return OmegaConf.create({"kernels": "auto", "compile": "auto", "activation_checkpointing": False, **values})
 
 
 def test_auto_is_off_on_cpu_and_says_why():
@@ -29,6 +29,8 @@ def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     assert choose(train(), "cuda", "llama", "lora").describe() == (
         "kernels: liger (fused linear cross-entropy); compile: per block")
     assert choose(train(compile="blocks"), "cuda", "llama", "qlora").compile_blocks
+    assert "auto does not compile checkpointed blocks yet" in choose(train(activation_checkpointing=True), "cuda",
+                                                                     "llama", "lora").describe()
     gpt2 = choose(train(), "cuda", "gpt2", "full")
     assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
 
