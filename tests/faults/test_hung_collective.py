@@ -33,14 +33,17 @@ def test_stopped_rank_fails_the_others_within_the_timeout_and_the_run_resumes(tm
                        r"rank 1 \(its last heartbeat in step (\d+)\)", result.stderr)
     assert failed, result.stderr[-4000:]
     step, last_heartbeat_step = int(failed.group(1)), int(failed.group(4))
-    assert 5 <= step <= 8 and 4 <= last_heartbeat_step <= step  # a heartbeat lags the steps by up to 0.2 s
-    # A training step's collective, unless the stop came late enough to land in step 8's save.
-    assert failed.group(2, 3) == ("launcher.collective_timeout_s", "2") or step == 8
+    assert 4 <= step <= 8 and 4 <= last_heartbeat_step <= step  # a heartbeat lags the steps by up to 0.2 s
+    # A training step's collective, unless the stop landed in a save, where the long timeout applies: step 4's (its
+    # last barrier, after the COMPLETE marker the test waits for: on a busy machine rank 1 may not be past it yet)
+    # or step 8's.
+    in_a_save = step in (4, 8)
+    assert failed.group(2, 3) == ("launcher.collective_timeout_s", "2") or in_a_save
     # Within the timeout: rank 0 logged the error (to the second) 2 s + the heartbeat check (0.6 s) after the stop.
     logged = re.search(r"\[(\d\d):(\d\d):(\d\d) shardtune\] a collective timed out on rank 0", result.stderr)
     seconds_of_day = int(logged.group(1)) * 3600 + int(logged.group(2)) * 60 + int(logged.group(3))
     stopped_seconds = stopped_clock.tm_hour * 3600 + stopped_clock.tm_min * 60 + stopped_clock.tm_sec
-    assert (seconds_of_day - stopped_seconds) % 86400 <= TIMEOUT_S + 2 or step == 8
+    assert (seconds_of_day - stopped_seconds) % 86400 <= TIMEOUT_S + 2 or in_a_save
     # Killed by torchrun's agent (its torch.multiprocessing context): the SIGTERM went unanswered.
     assert f"Unable to shutdown process {stopped.pid} via SIGTERM , forcefully exiting via SIGKILL" in result.stderr
     assert not stopped.is_running()
