@@ -383,8 +383,9 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
         # Free the wrapped model before the process group: DDP's reducer holds the group, and a gloo group
-        # destroyed from the reducer's destructor at interpreter exit can deadlock its own worker threads.
-        self.strategy = None
+        # destroyed from the reducer's destructor at interpreter exit can deadlock its own worker threads. The
+        # checkpointer holds the strategy too (a 4-rank DDP run hung at exit while it did).
+        self.strategy = self.checkpointer = None
         gc.collect()
         # Not after a collective timed out: tearing the group down would wait for the rank that stopped.
         if dist.is_initialized() and not self.watch.failed:
