@@ -45,10 +45,33 @@ for part in "$@"; do
         timeout "$limit" python3 benchmarks/run.py full-fsdp --extra "$@" $P >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
         cp /tmp/bench/1b-full-fsdp-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-fsdp-$name.txt"
       }
-      run_1b_full fast 150
+      run_1b_full auto 90
       timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      run_1b_full compiled 150 train.compile=blocks
       run_1b_full fp8 120 train.fp8=tensorwise train.compile=blocks
-      run_1b_full eager 100 $EAGER
+      run_1b_full eager 90 $EAGER
+      ;;
+    1b-host)
+      # A one-GPU step of the 1B cases leaves the GPU idle a quarter of the time (profiles of 1b-full): FSDP2's
+      # per-layer work on the host. Its reshard before backward and the allocator's segments, each alone and both.
+      EXPANDABLE="env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+      KEEP="strategy.reshard_after_forward=false"
+      FULL="python3 benchmarks/run.py full-fsdp --extra train.compile=blocks"
+      { timeout 100 $FULL
+        timeout 100 $EXPANDABLE $FULL
+        timeout 100 $FULL $KEEP
+        timeout 100 $EXPANDABLE $FULL $KEEP
+        timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0 $KEEP
+      } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      ;;
+    tests-new)
+      # The GPU tests changed last, side by side; then the micro batch trial, which fills the GPU, alone.
+      for case in variants "fp8 and ddp" "fp8 and fsdp"; do
+        timeout 300 python3 -m pytest -q -s -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
+          > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
+      done
+      wait
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py > "$OUT/micro-batch.txt" 2>&1
       ;;
     tests)
       # One pytest per case, side by side (small models: the GPU has room, and each case's log stays whole).

@@ -18,6 +18,7 @@ def losses(run_dir: Path) -> dict:
 
 
 def main(out: str, *settings: str) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
     runs = []
     for index, setting in enumerate(settings):
         run_dir = Path(out, f"run{index}")

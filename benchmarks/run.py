@@ -80,6 +80,7 @@ def run_shardtune(case: str, size: str, nproc: int, extra: list, steps: int = ST
             "load_peak_mem_gib": summary.get("load_peak_mem_alloc_gib"),
             "weights_gib_per_rank": summary.get("weights_gib_per_rank"),
             "host_peak_gib_per_rank": summary.get("host_peak_gib_per_rank"),
+            "fast_path": summary.get("fast_path"), "compile": summary.get("compile"), "fp8": summary.get("fp8"),
             "first_loss": rows[0]["loss"], "last_loss": [r for r in rows if "loss" in r][-1]["loss"],
             "wall_s": round(time.time() - started, 1)}
 

@@ -28,12 +28,20 @@ from pathlib import Path
 PRELOADED = ("torch", "transformers", "datasets", "peft", "hydra", "shardtune.cli", "shardtune.launcher.launch",
              "shardtune.launcher.memory", "shardtune.data.preview", "shardtune.evaluation.command", "shardtune.export")
 
+# peft imports torchao where it is installed, and torchao asks for the GPU's compute capability while importing, which
+# initializes CUDA: in the server, that would leave every forked command unable to use CUDA (the plan's memory check
+# reads the GPU's size). On a GPU machine the commands import it themselves.
+IMPORTS_CUDA = ("peft",)
+
 
 def serve() -> None:
     import importlib
     channel = os.fdopen(os.dup(1), "w")  # the replies; not inherited by the programs commands start
     os.dup2(2, 1)  # what libraries print (bitsandbytes prints while importing) goes to stderr, not among the replies
+    import torch
     for module in PRELOADED:
+        if module in IMPORTS_CUDA and torch.cuda.is_available():
+            continue
         importlib.import_module(module)
     for line in sys.stdin:
         request = json.loads(line)

@@ -3,11 +3,14 @@ backward (every one, or every k-th), what a checkpointed layer keeps (only its i
 matmul and attention outputs as torchtitan's per-op selective checkpointing does), and whether the kept tensors wait
 for backward in pinned host memory (train.activation_offload).
 
-transformers does the wrapping (activation_checkpointing_enable: every_n_layers, offload); this module only picks the
-arguments, so every loading path (whole, FSDP2 sharded, ZeRO-3) checkpoints the same way.
+transformers does the wrapping (activation_checkpointing_enable: every_n_layers, offload; older releases need the
+two set after gradient_checkpointing_enable); this module picks the arguments, so every loading path (whole, FSDP2
+sharded, ZeRO-3) checkpoints the same way.
 """
+import functools
+
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 POLICIES = ("layer", "ops")
 
@@ -37,9 +40,30 @@ def enable(model, train_cfg, device_type: str) -> None:
     kwargs = {"use_reentrant": False}
     if train_cfg.activation_checkpointing_policy == "ops":
         kwargs["context_fn"] = _ops_policy_contexts
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
-                                          every_n_layers=train_cfg.activation_checkpointing_every,
-                                          offload=offloads(train_cfg, device_type))
+    every, offload = train_cfg.activation_checkpointing_every, offloads(train_cfg, device_type)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every,
+                                              offload=offload)
+    else:
+        _enable_with_older_transformers(model, kwargs, every, offload)
+
+
+def _enable_with_older_transformers(model, kwargs: dict, every: int, offload: bool) -> None:
+    """transformers releases before activation_checkpointing_enable (5.17 among them) have gradient_checkpointing_enable,
+    which checkpoints every layer and keeps what it saves on the GPU; the layer flags and the checkpoint function it
+    sets are then changed as the newer call sets them: every k-th layer from the first, saving to pinned host memory."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    checkpoint_func = functools.partial(_checkpoint_in_host_memory if offload else checkpoint, **kwargs)
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index % every == 0
+        layer._gradient_checkpointing_func = checkpoint_func
+
+
+def _checkpoint_in_host_memory(function, *args, **kwargs):
+    with torch.autograd.graph.save_on_cpu(pin_memory=True):
+        return checkpoint(function, *args, **kwargs)
 
 
 def offloads(train_cfg, device_type: str) -> bool:

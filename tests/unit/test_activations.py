@@ -21,12 +21,12 @@ def train_cfg(checkpointing: bool = True, **values):
     return OmegaConf.create({"activation_checkpointing": checkpointing, **defaults, **values})
 
 
-def gradients(cfg) -> dict:
+def gradients(cfg, enable=activations.enable) -> dict:
     architecture = OmegaConf.to_container(compose_cfg("model=tiny").model.architecture)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**architecture, "num_hidden_layers": 4}))
     model.config.use_cache = False
-    activations.enable(model, cfg, "cpu")  # on CPU, activation_offload is off (nothing to offload from)
+    enable(model, cfg, "cpu")  # on CPU, activation_offload is off (nothing to offload from)
     model.train()
     ids = torch.randint(0, architecture["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
     model(input_ids=ids, labels=ids).loss.backward()
@@ -40,6 +40,19 @@ def test_checkpointing_keeps_the_gradients(variant):
     assert plain.pop("flags") == [False] * 4
     flags = checkpointed.pop("flags")
     assert flags == ([True, False, True, False] if variant == "every 2nd layer" else [True] * 4)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_older_transformers_checkpoint_every_kth_layer_too():
+    """transformers without activation_checkpointing_enable: gradient_checkpointing_enable, then the layer flags."""
+    def enable_as_on_older_transformers(model, cfg, device_type):
+        activations._enable_with_older_transformers(model, {"use_reentrant": False}, every=2, offload=False)
+
+    plain = gradients(train_cfg(False))
+    checkpointed = gradients(train_cfg(activation_checkpointing_every=2), enable_as_on_older_transformers)
+    plain.pop("flags")
+    assert checkpointed.pop("flags") == [True, False, True, False]
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
