@@ -295,7 +295,7 @@ class TrainConfig:
     installed, none elsewhere (the log says why once)."""
     compile: str = "auto"
     """torch.compile. blocks: each decoder layer compiled on its own (as torchtitan does; compile errors are raised,
-    never a silent fall-back to eager); none: eager; auto: blocks on CUDA for LoRA without activation checkpointing,
+    never a silent fall-back to eager); none: eager; auto: blocks on CUDA for full fine-tuning and LoRA without activation checkpointing,
     where compiled blocks were measured faster with the loss curve kept; none elsewhere until they are (the log says
     why)."""
     profile_steps: List[int] = field(default_factory=list)

@@ -22,9 +22,9 @@ def test_auto_is_off_on_cpu_and_says_why():
 
 def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
-    assert choose(train(), "cuda", "llama", "full").describe() == (
+    assert choose(train(), "cuda", "llama", "qlora").describe() == (
         "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: none "
-        "(compile off: auto compiles lora only so far)")
+        "(compile off: auto compiles full and lora only so far)")
     # Compiled blocks fuse the norms, RoPE and SwiGLU themselves; Liger keeps the loss.
     assert choose(train(), "cuda", "llama", "lora").describe() == (
         "kernels: liger (fused linear cross-entropy); compile: per block")
