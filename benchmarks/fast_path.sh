@@ -52,25 +52,28 @@ for part in "$@"; do
       run_1b_full eager 90 $EAGER
       ;;
     1b-host)
-      # A one-GPU step of the 1B cases leaves the GPU idle a quarter of the time (profiles of 1b-full): FSDP2's
-      # per-layer work on the host. Its reshard before backward and the allocator's segments, each alone and both.
+      # A one-GPU step of the 1B cases leaves the GPU idle a quarter of the time (profiles of 1b-full): work on the
+      # host. The allocator's expandable segments, then also FSDP2 keeping each layer gathered from forward to
+      # backward; beside HF + Liger.
       EXPANDABLE="env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
       KEEP="strategy.reshard_after_forward=false"
-      FULL="python3 benchmarks/run.py full-fsdp --extra train.compile=blocks"
-      { timeout 100 $FULL
-        timeout 100 $EXPANDABLE $FULL
-        timeout 100 $FULL $KEEP
-        timeout 100 $EXPANDABLE $FULL $KEEP
-        timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0 $KEEP
+      { timeout 160 python3 benchmarks/run.py --baseline 1b-full 1b-lora --liger
+        timeout 100 python3 benchmarks/run.py full-fsdp
+        timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp
+        timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp --extra $KEEP
+        timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
       } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
     tests-new)
-      # The GPU tests changed last, side by side; then the micro batch trial, which fills the GPU, alone.
+      # The GPU tests changed last, side by side.
       for case in variants "fp8 and ddp" "fp8 and fsdp"; do
         timeout 300 python3 -m pytest -q -s -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
           > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
       done
       wait
+      ;;
+    micro-batch)
+      # The micro batch trial fills the GPU: alone.
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py > "$OUT/micro-batch.txt" 2>&1
       ;;
     tests)
