@@ -53,16 +53,21 @@ for part in "$@"; do
       ;;
     1b-host)
       # A one-GPU step of the 1B cases leaves the GPU idle a quarter of the time (profiles of 1b-full): work on the
-      # host. The allocator's expandable segments, then also FSDP2 keeping each layer gathered from forward to
-      # backward; beside HF + Liger.
+      # host. The allocator's expandable segments (fewer, larger allocations), beside HF + Liger.
       EXPANDABLE="env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
-      KEEP="strategy.reshard_after_forward=false"
       { timeout 160 python3 benchmarks/run.py --baseline 1b-full 1b-lora --liger
         timeout 100 python3 benchmarks/run.py full-fsdp
         timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp
-        timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp --extra $KEEP
         timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
       } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
+      ;;
+    packed-attention)
+      # Packed rows (examples of 64-2048 tokens, mean about 450, in rows of 2048): sdpa, which transformers gives a
+      # block-diagonal mask, against flex attention, whose block mask skips the blocks across examples.
+      for attention in sdpa flex_attention; do
+        timeout 150 python3 benchmarks/packing.py --strategy fsdp --packed-only --extra method.dropout=0 \
+          model.attn_implementation=$attention >> "$OUT/packed.jsonl" 2>> "$OUT/packed.err"
+      done
       ;;
     tests-new)
       # The GPU tests changed last, side by side.

@@ -1,6 +1,6 @@
 """GPU benchmark of packing: the same variable-length examples trained unpacked and packed.
 
-    python benchmarks/packing.py [--method lora] [--strategy ddp] [--steps 30]
+    python benchmarks/packing.py [--method lora] [--strategy ddp] [--steps 30] [--packed-only] [--extra OVERRIDE...]
 
 Writes completion rows of random bytes whose lengths spread from 64 to 2048 tokens (mean about 450,
 like instruction data), then trains the Llama-3.2-1B-shaped random model of benchmarks/run.py on them
@@ -29,7 +29,7 @@ def write_rows(path: Path, num_rows: int) -> None:
             f.write(json.dumps({"text": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(length))}) + "\n")
 
 
-def run(method: str, strategy: str, steps: int, data: Path, packing: bool) -> dict:
+def run(method: str, strategy: str, steps: int, data: Path, packing: bool, extra: list) -> dict:
     output_dir = Path(f"/tmp/bench-packing/{method}-{strategy}-{'packed' if packing else 'padded'}")
     subprocess.run(["rm", "-rf", str(output_dir)], check=True)
     overrides = ["model=llama3.2-1b", f"model.name_or_path={random_model('1b')}", "model.tokenizer=${asset:tiny-tokenizer}",
@@ -37,14 +37,14 @@ def run(method: str, strategy: str, steps: int, data: Path, packing: bool) -> di
                  "data.val_fraction=0", f"data.packing={str(packing).lower()}", f"train.max_steps={steps}",
                  f"train.micro_batch_size={MICRO_BATCH}", f"train.seq_len={SEQ_LEN}", "train.log_interval=1",
                  "train.save_final=false", "train.eval_interval=0", "launcher.nproc_per_node=1",
-                 f"output_dir={output_dir}"]
+                 f"output_dir={output_dir}", *extra]
     started = time.time()
     result = subprocess.run([sys.executable, "-m", "shardtune.cli", "train", *overrides], capture_output=True, text=True)
     if result.returncode != 0:
         return {"case": output_dir.name, "error": (result.stdout + result.stderr)[-3000:]}
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if "step_time_s" in r and r["step"] > 5]
-    return {"case": output_dir.name, "packing": packing,
+    return {"case": " ".join([output_dir.name, *extra]), "packing": packing,
             "real_tokens_per_s": round(statistics.median(r["tokens_per_second"] for r in steady)),
             "step_s": round(statistics.median(r["step_time_s"] for r in steady), 4),
             "peak_mem_gib": max(r.get("peak_mem_alloc_gib", 0) for r in rows),
@@ -56,12 +56,14 @@ def main():
     parser.add_argument("--method", default="lora")
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--packed-only", action="store_true", help="skip the padded run")
+    parser.add_argument("--extra", nargs="*", default=[], help="extra shardtune overrides for every run")
     args = parser.parse_args()
     data = Path("/tmp/bench-packing/rows.jsonl")
     data.parent.mkdir(parents=True, exist_ok=True)
     write_rows(data, num_rows=4000)
-    for packing in (False, True):
-        print(json.dumps(run(args.method, args.strategy, args.steps, data, packing)), flush=True)
+    for packing in (True,) if args.packed_only else (False, True):
+        print(json.dumps(run(args.method, args.strategy, args.steps, data, packing, args.extra)), flush=True)
 
 
 if __name__ == "__main__":
