@@ -104,13 +104,14 @@ class Strategy:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        grad_norm = grad_norm.item()
-        if not (skip_nonfinite and not math.isfinite(grad_norm)):
+        # Reading the norm waits for the GPU. Only a step that may be skipped needs it before the update; otherwise
+        # it is read after the update is queued, so the GPU is not left idle while the host launches it.
+        if not (skip_nonfinite and not math.isfinite(grad_norm.item())):
             self.grad_scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
             self.grad_scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm.item()
 
     # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
     def prepare_resume(self, directory: Path, saved_world_size: int) -> None:
