@@ -71,8 +71,11 @@ class ModelConfig:
     only lets `shardtune plan` size a hub model without downloading its config."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of name_or_path."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers: sdpa, eager, flash_attention_2, ..."""
+    attn_implementation: str = "auto"
+    """Attention kernel passed to transformers: sdpa, eager, flash_attention_2, flex_attention, ...; auto: sdpa
+    (torch picks cuDNN's or flash's kernel on Hopper), and for packed rows (data.packing) flash_attention_2 where
+    the flash-attn package is installed on a GPU: its variable-length kernel skips the attention across examples
+    that sdpa computes and masks (the plan and the log say which, and why)."""
     trust_remote_code: bool = False
 
 

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
+from ..attention import describe as describe_attention
 from ..trainer import fast_path, fp8
 from ..trainer.activations import describe as describe_checkpointing
 from ..trainer.model import decoder_layers
@@ -396,7 +397,7 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run),
         host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES, offloaded_activations),
         fast_path=f"{fast.describe()}; {fp8.describe(*fp8.choose(cfg.train, run.device, method.name, run.kind))}; "
-                  f"{describe_checkpointing(cfg.train, run.device)}",
+                  f"{describe_checkpointing(cfg.train, run.device)}; {describe_attention(cfg, run.device)}",
         notes={
             "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note, "gathered": gathered_note,
             "activations": activations_note, "logits": logits_note,

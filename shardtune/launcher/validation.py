@@ -24,6 +24,7 @@ from ..paths import looks_like_local_path
 from ..precision import DTYPES, PRECISIONS
 from ..strategy_registry import STRATEGIES, strategies_for, strategy_spec
 from ..trainer.activations import POLICIES as CHECKPOINT_POLICIES
+from .. import attention
 from ..trainer import fp8
 from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
 from ..trainer.fp8 import CHOICES as FP8_CHOICES
@@ -39,6 +40,7 @@ def validate(cfg, device_type: str, world_size: int) -> None:
     _validate_method_strategy(cfg, device_type)
     _validate_train(cfg.train, device_type, world_size)
     fp8.choose(cfg.train, device_type, cfg.method.name, strategy_spec(cfg.strategy).kind)  # refuses what cannot be
+    attention.choose(cfg, device_type)  # refuses flash_attention_2 without its package
     _validate_micro_batch_trial(cfg, device_type)
     _validate_optim(cfg.optim)
     _validate_data(cfg.data)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
+from ..attention import implementation as attention_implementation
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..precision import DTYPES
 from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
@@ -80,7 +81,7 @@ def load_base_model(cfg, source: str, device: torch.device, compute_dtype: torch
     """The transformers model the method starts from, without adapters: full weights, or the frozen base
     (quantized by bitsandbytes for QLoRA, already on `device`). Export dequantizes it before adding adapters."""
     method = cfg.method.name
-    kwargs = dict(dtype=load_dtype(cfg, compute_dtype), attn_implementation=cfg.model.attn_implementation,
+    kwargs = dict(dtype=load_dtype(cfg, compute_dtype), attn_implementation=attention_implementation(cfg, device.type),
                   trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.init != "random":
         kwargs["revision"] = cfg.model.revision

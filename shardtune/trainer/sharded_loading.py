@@ -23,6 +23,7 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import activations
+from ..attention import implementation as attention_implementation
 from .model import (add_lora, copy_full_tensor, disable_cpu_repacking, dora_magnitudes, init_adapters, load_dtype,
                     quantization_config)
 
@@ -35,7 +36,7 @@ def build_sharded_model(cfg, source: str, device: torch.device, compute_dtype: t
     quantization state go to `device`, where the forward runs.
     """
     weights_dir = local_weights_dir(cfg.model, source)
-    model = build_on_meta(cfg, weights_dir, compute_dtype)
+    model = build_on_meta(cfg, weights_dir, compute_dtype, device)
     buffers = dict(model.named_buffers())  # real tensors (rotary frequencies): built outside the meta device
     base_keys = {name for name, _ in model.named_parameters()}  # the checkpoint's names, before adapters
     quantized = replace_linear_with_4bit(model, cfg.method, compute_dtype) if cfg.method.name == "qlora" else {}
@@ -69,13 +70,13 @@ def local_weights_dir(model_cfg, source: str) -> Path:
     return Path(snapshot_download(source, revision=model_cfg.revision, allow_patterns=patterns, local_files_only=True))
 
 
-def build_on_meta(cfg, weights_dir: Path, compute_dtype: torch.dtype) -> torch.nn.Module:
+def build_on_meta(cfg, weights_dir: Path, compute_dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     """The transformers model with its parameters on the meta device and its buffers real."""
     from accelerate import init_empty_weights
     config = AutoConfig.from_pretrained(weights_dir, trust_remote_code=cfg.model.trust_remote_code)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=load_dtype(cfg, compute_dtype),
-                                                 attn_implementation=cfg.model.attn_implementation,
+                                                 attn_implementation=attention_implementation(cfg, device.type),
                                                  trust_remote_code=cfg.model.trust_remote_code)
     model.tie_weights()  # init_empty_weights swaps each parameter for a meta one, which unties tied embeddings
     model.config.use_cache = False  # the KV cache only serves generation

@@ -24,6 +24,7 @@ from ..data.tokenizer import build_tokenizer
 from ..precision import DTYPES
 from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
+from .. import attention
 from . import activations, checkpoint, collectives, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
 from .profiling import StepProfiler
 from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
@@ -143,9 +144,9 @@ class Trainer:
         log.info("%s: model %s (%s), %s params (%s trainable), %d steps, world size %d, %.3g GiB of weights "
                  "on rank 0", where, cfg.model.name, weights_origin(cfg.model), f"{self.num_params:,}",
                  f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
-        log.info("fast path: %s; %s; %s", self.fast_path.describe(),
+        log.info("fast path: %s; %s; %s; %s", self.fast_path.describe(),
                  fp8.describe(self.strategy.fp8_recipe, self.strategy.fp8_why_not),
-                 activations.describe(cfg.train, self.device.type))
+                 activations.describe(cfg.train, self.device.type), attention.describe(cfg, self.device.type))
 
     def build_data(self) -> None:
         cfg = self.cfg

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import activations
+from ..attention import implementation as attention_implementation
 from .model import load_dtype
 from .sharded_loading import check_complete, local_weights_dir, read_tensor, tensor_files
 
@@ -21,7 +22,7 @@ def build_partitioned_model(cfg, source: str, device: torch.device, compute_dtyp
     weights_dir = local_weights_dir(cfg.model, source)
     config = AutoConfig.from_pretrained(weights_dir, trust_remote_code=cfg.model.trust_remote_code)
     model = AutoModelForCausalLM.from_config(config, dtype=load_dtype(cfg, compute_dtype),
-                                             attn_implementation=cfg.model.attn_implementation,
+                                             attn_implementation=attention_implementation(cfg, device.type),
                                              trust_remote_code=cfg.model.trust_remote_code)
     model.config.use_cache = False  # the KV cache only serves generation
     files = tensor_files(weights_dir)  # every rank: all must stop alike where a weight is missing

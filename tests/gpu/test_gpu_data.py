@@ -19,7 +19,7 @@ def flash_attention_available() -> bool:
 
 
 @pytest.mark.parametrize("attention, dtype, rel", [
-    ("sdpa", torch.float32, 1e-4), ("sdpa", torch.bfloat16, 2e-2),
+    ("sdpa", torch.float32, 1e-4), ("sdpa", torch.bfloat16, 2e-2), ("flex_attention", torch.bfloat16, 2e-2),
     pytest.param("flash_attention_2", torch.bfloat16, 2e-2,
                  marks=pytest.mark.skipif(not flash_attention_available(), reason="flash_attn is not installed")),
 ])

@@ -81,7 +81,7 @@ def test_every_model_preset_composes_with_typed_fields_and_validates(preset):
     assert architecture.hidden_size == hidden_size and isinstance(architecture.hidden_size, int)
     assert architecture.num_hidden_layers == num_layers
     assert architecture.vocab_size == vocab_size
-    assert cfg.model.attn_implementation == "sdpa" and cfg.model.trust_remote_code is False
+    assert cfg.model.attn_implementation == "auto" and cfg.model.trust_remote_code is False
     validate(cfg, "cpu", 2)
 
 
