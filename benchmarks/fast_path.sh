@@ -53,9 +53,9 @@ for part in "$@"; do
       ;;
     1b-host)
       # A one-GPU step of the 1B cases leaves the GPU idle a quarter of the time (profiles of 1b-full): work on the
-      # host. The allocator's expandable segments (fewer, larger allocations), beside HF + Liger.
+      # host. The allocator's expandable segments (fewer, larger allocations), beside HF + Liger's LoRA.
       EXPANDABLE="env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
-      { timeout 160 python3 benchmarks/run.py --baseline 1b-full 1b-lora --liger
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-lora --liger
         timeout 100 python3 benchmarks/run.py full-fsdp
         timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp
         timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
