@@ -28,23 +28,24 @@ from pathlib import Path
 PRELOADED = ("torch", "transformers", "datasets", "peft", "hydra", "shardtune.cli", "shardtune.launcher.launch",
              "shardtune.launcher.memory", "shardtune.data.preview", "shardtune.evaluation.command", "shardtune.export")
 
-# peft imports torchao where it is installed, and torchao asks for the GPU's compute capability while importing, which
-# initializes CUDA: in the server, that would leave every forked command unable to use CUDA (the plan's memory check
-# reads the GPU's size). On a GPU machine the commands import it themselves.
-IMPORTS_CUDA = ("peft",)
-
 
 def serve() -> None:
     import importlib
     channel = os.fdopen(os.dup(1), "w")  # the replies; not inherited by the programs commands start
     os.dup2(2, 1)  # what libraries print (bitsandbytes prints while importing) goes to stderr, not among the replies
-    import torch
     for module in PRELOADED:
-        if module in IMPORTS_CUDA and torch.cuda.is_available():
-            continue
         importlib.import_module(module)
+    import torch
+    # On a GPU machine some imports start CUDA (torchao, which peft and transformers' quantizers import where it is
+    # installed, asks for the GPU's properties), and a process forked after that cannot use CUDA: the commands then
+    # run as fresh processes, at the cost of their imports.
+    forks = not torch.cuda.is_initialized()
     for line in sys.stdin:
         request = json.loads(line)
+        if not forks:
+            channel.write(json.dumps(run_in_fresh_process(request)) + "\n")
+            channel.flush()
+            continue
         with tempfile.TemporaryDirectory() as outputs:
             paths = [Path(outputs) / "stdout", Path(outputs) / "stderr"]
             channel.flush()
@@ -57,6 +58,19 @@ def serve() -> None:
                      **{path.name: path.read_text(errors="replace") if path.exists() else "" for path in paths}}
         channel.write(json.dumps(reply) + "\n")
         channel.flush()
+
+
+def run_in_fresh_process(request: dict) -> dict:
+    """The command as the `shardtune` console script runs it, in a new interpreter."""
+    try:
+        result = subprocess.run([sys.executable, "-m", "shardtune.cli", *request["args"]], cwd=request["cwd"],
+                                env={**os.environ, **(request.get("env") or {})}, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, errors="replace", timeout=request["timeout"])
+    except subprocess.TimeoutExpired as expired:  # as SIGALRM ends a forked command; the output comes as bytes
+        return {"returncode": -signal.SIGALRM,
+                **{name: (output or b"").decode(errors="replace") if isinstance(output, bytes) else output or ""
+                   for name, output in (("stdout", expired.stdout), ("stderr", expired.stderr))}}
+    return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
 
 
 def run_command(request: dict, paths: list) -> None:
