@@ -50,6 +50,18 @@ def test_socket_interface_reaches_the_workers(tmp_path):
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "veth-st1"
 
 
+
+def test_workers_get_expandable_cuda_segments_unless_the_user_set_the_allocator(tmp_path, monkeypatch):
+    plan = plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)}))
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert worker_environment(plan)["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    assert worker_environment(plan)["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    slurm_plan = plan_launch(slurm_cfg(tmp_path))
+    script = slurm.batch_script(slurm_plan.config, slurm_plan.config_path, "/venv/bin/python")
+    assert "export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}" in script
+
+
 @pytest.mark.parametrize("values, key", [
     ({"launcher.nnodes": 2, "launcher.node_rank": 2}, "launcher.node_rank"),
     ({"launcher.nnodes": 0}, "launcher.nnodes"),
