@@ -6,7 +6,7 @@ strategy wraps it, so that DDP, FSDP2 and DeepSpeed all wrap the fast modules.
 """
 import importlib.util
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -113,12 +113,21 @@ def loss_kwargs(fast_path: FastPath) -> dict:
     return {"skip_logits": True} if fast_path.fused_loss else {}
 
 
-def compile_report() -> str:
-    """What torch.compile did so far, for the log: graphs compiled and graph breaks with their reasons."""
+def frames_compiled() -> int:
+    from torch._dynamo.utils import counters
+    return counters["frames"]["ok"]
+
+
+def compile_report(frames_at_first_step: Optional[int] = None) -> str:
+    """What torch.compile did so far, for the log: graphs compiled, graph breaks with their reasons, and (given the
+    frames compiled by the end of the first step) the recompiles since: evaluation's first pass (eval mode is a guard)
+    is one per block; more say that some input keeps changing shape or type."""
     from torch._dynamo.utils import counters
     breaks = counters["graph_break"]
-    text = (f"{counters['stats']['unique_graphs']} graphs compiled from {counters['frames']['ok']} frames, "
+    text = (f"{counters['stats']['unique_graphs']} graphs compiled from {frames_compiled()} frames, "
             f"{sum(breaks.values())} graph breaks")
     if breaks:
         text += ": " + "; ".join(f"{reason} (x{count})" for reason, count in breaks.most_common(3))
+    if frames_at_first_step is not None:
+        text += f"; {frames_compiled() - frames_at_first_step} recompiles after the first step"
     return text

@@ -100,6 +100,7 @@ class Trainer:
         model = self.strategy.build_model(source)
         self.model_config = model.config
         self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type, cfg.method.name)
+        self.frames_at_first_step = None  # torch.compile's count once the first step has compiled
         if self.fast_path.fused_loss:
             self.strategy.expose_head_to_fused_loss(model)
         fast_path.apply(model, self.fast_path, decoder_layers)
@@ -242,9 +243,11 @@ class Trainer:
             profiler.step_done(self.step)
             if self.step == first_step:
                 self.watch.start_training()  # every rank has set up and compiled: collectives now keep in step
-            if self.step == first_step and self.fast_path.compile_blocks and self.rank == 0:
-                log.info("compile: the first step took %.1f s with compilation; %s",
-                         self.throughput.totals()["step_time_s"], fast_path.compile_report())
+            if self.step == first_step and self.fast_path.compile_blocks:
+                self.frames_at_first_step = fast_path.frames_compiled()
+                if self.rank == 0:
+                    log.info("compile: the first step took %.1f s with compilation; %s",
+                             self.throughput.totals()["step_time_s"], fast_path.compile_report())
             if not skipped and (self.step % cfg.train.log_interval == 0 or self.step == self.total_steps):
                 dist.all_reduce(loss_sum)
                 self.last_train_loss = loss_sum.item() / max(1, label_tokens_since_log)
@@ -356,7 +359,8 @@ class Trainer:
             "mfu": rates.get("mfu"),
             "fast_path": self.fast_path.describe(),
             "fp8": self.strategy.fp8_recipe,
-            **({"compile": fast_path.compile_report()} if self.fast_path.compile_blocks else {}),
+            **({"compile": fast_path.compile_report(self.frames_at_first_step)} if self.fast_path.compile_blocks
+               else {}),
             **self.peak_memory(),
             "wall_time_s": time.time() - self.started,
             "saved_to": str(final_dir) if final_dir else "not saved (train.save_final=false)",

@@ -1,6 +1,9 @@
 """train.compile=blocks compiles each decoder block in place (the strategy's hooks stay on it) and changes no loss:
 on 2 CPU workers under FSDP2, compiled blocks give the eager run's losses step by step."""
-from conftest import SHARED_RUNS, run_shardtune, train_losses
+import re
+
+from conftest import SHARED_RUNS, compose_cfg, run_shardtune, train_losses
+from shardtune.run_dir import read_summary
 
 import pytest
 
@@ -12,6 +15,9 @@ def test_compiled_blocks_give_the_eager_losses_under_fsdp(shared_run, tmp_path):
     result = run_shardtune("train", *SHARED_RUNS["lora-fsdp"], "train.compile=blocks", f"output_dir={tmp_path}")
     assert "compile: per block" in result.stdout + result.stderr
     assert "0 graph breaks" in result.stdout + result.stderr
+    # The final evaluation runs the blocks in eval mode, which their graphs guard on: at most a recompile per block.
+    recompiles = re.search(r"; (\d+) recompiles after the first step$", read_summary(tmp_path)["compile"])
+    assert 0 < int(recompiles.group(1)) <= compose_cfg("model=tiny").model.architecture.num_hidden_layers
     compiled = train_losses(tmp_path)
     assert sorted(compiled) == sorted(eager)
     for step, loss in eager.items():
