@@ -1,7 +1,7 @@
 #!/bin/bash
 # The fast path on one GPU (issue 14): shardtune's 1B cases with the fast path (train.kernels / train.compile auto)
 # and without, beside the Hugging Face Trainer with Liger, in one device call. From the repository root:
-#   bash benchmarks/fast_path.sh [1b|1b-eager|1b-full|curves|tests]...   (JSON lines and logs under $OUT)
+#   bash benchmarks/fast_path.sh PART...   (parts below; JSON lines and logs under $OUT)
 set -u
 source "$(dirname "$0")/device_env.sh"
 EAGER="train.kernels=none train.compile=none"
@@ -61,6 +61,27 @@ for part in "$@"; do
         timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
       } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
+    lora-1gpu)
+      # 1B LoRA on one GPU, beside HF + Liger: FSDP2 with and without expandable segments (a same-call pair), and
+      # DDP, which on one GPU skips FSDP2's per-parameter copy of the frozen base at every unshard.
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-lora --liger
+        timeout 100 python3 benchmarks/run.py lora-fsdp lora-ddp --extra method.dropout=0
+        timeout 100 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False python3 benchmarks/run.py lora-fsdp \
+          --extra method.dropout=0
+      } >> "$OUT/lora-1gpu.jsonl" 2>> "$OUT/lora-1gpu.err"
+      ;;
+    8b)
+      # The 8B bars: LoRA and QLoRA at micro batch 2 with activation checkpointing (the baseline's settings), beside
+      # HF + Liger; the blocks eager (train.compile=auto under checkpointing) and compiled.
+      B8="--size 8b --steps 12 --micro-batch 2"
+      AC="train.activation_checkpointing=true method.dropout=0"
+      { timeout 150 python3 benchmarks/run.py --baseline 8b-lora 8b-qlora --liger
+        timeout 120 python3 benchmarks/run.py lora-ddp lora-fsdp $B8 --extra $AC
+        timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.compile=blocks
+        timeout 120 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC
+        timeout 120 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC train.compile=blocks
+      } >> "$OUT/8b.jsonl" 2>> "$OUT/8b.err"
+      ;;
     packed-attention)
       # Packed rows (examples of 64-2048 tokens, mean about 450, in rows of 2048): sdpa, which transformers gives a
       # block-diagonal mask, against flex attention, whose block mask skips the blocks across examples.
@@ -75,6 +96,7 @@ for part in "$@"; do
         timeout 300 python3 -m pytest -q -s -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
           > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
       done
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_data.py -k packed > "$OUT/packed-loss.txt" 2>&1 &
       wait
       ;;
     micro-batch)
