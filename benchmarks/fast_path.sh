@@ -96,12 +96,14 @@ for part in "$@"; do
         timeout 300 python3 -m pytest -q -s -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
           > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
       done
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_data.py -k packed > "$OUT/packed-loss.txt" 2>&1 &
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_data.py -k packed \
+        > "$OUT/packed-loss.txt" 2>&1 &
       wait
       ;;
     micro-batch)
       # The micro batch trial fills the GPU: alone.
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py > "$OUT/micro-batch.txt" 2>&1
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py \
+        > "$OUT/micro-batch.txt" 2>&1
       ;;
     tests)
       # One pytest per case, side by side (small models: the GPU has room, and each case's log stays whole).

@@ -34,7 +34,8 @@ def choose(cfg, device_type: str) -> Tuple[str, str]:
                else "needs bf16 or fp16" if cfg.train.precision == "fp32"
                else None)
     if missing:
-        return "sdpa", f"packed rows attend through a block-diagonal mask; flash attention's variable-length kernel {missing}"
+        return "sdpa", ("packed rows attend through a block-diagonal mask; flash attention's variable-length kernel "
+                        + missing)
     return FLASH, ""
 
 

@@ -181,8 +181,8 @@ def load_full_model(source: Source, device: torch.device, dtype: Optional[torch.
     dtype = dtype or torch.float32  # full fine-tuning keeps fp32 master weights (trainer/model.py load_dtype)
     if source.kind == "final":
         model_cfg = source.config.model
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype,
-                                                     attn_implementation=attention_implementation(source.config, device.type),
+        attention = attention_implementation(source.config, device.type)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, attn_implementation=attention,
                                                      trust_remote_code=model_cfg.trust_remote_code)
         return model.to(device).eval()
     # A checkpoint holds weights only: start from the run's base for the architecture, then overwrite them all.

@@ -49,9 +49,10 @@ def enable(model, train_cfg, device_type: str) -> None:
 
 
 def _enable_with_older_transformers(model, kwargs: dict, every: int, offload: bool) -> None:
-    """transformers releases before activation_checkpointing_enable (5.17 among them) have gradient_checkpointing_enable,
-    which checkpoints every layer and keeps what it saves on the GPU; the layer flags and the checkpoint function it
-    sets are then changed as the newer call sets them: every k-th layer from the first, saving to pinned host memory."""
+    """transformers releases without activation_checkpointing_enable (5.17 among them) have
+    gradient_checkpointing_enable, which checkpoints every layer and keeps what it saves on the GPU; the layer flags
+    and the checkpoint function it sets are then changed as the newer call sets them: every k-th layer from the
+    first, saving to pinned host memory."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     checkpoint_func = functools.partial(_checkpoint_in_host_memory if offload else checkpoint, **kwargs)

@@ -18,7 +18,8 @@ def test_auto_takes_flash_attention_for_packed_rows_where_it_can(monkeypatch):
     packed = compose_cfg("data.packing=true")
     monkeypatch.setattr(attention, "flash_attn_installed", lambda: True)
     assert attention.choose(packed, "cuda") == ("flash_attention_2", "")
-    assert attention.choose(compose_cfg("data.packing=true", "train.precision=fp32"), "cuda")[1].endswith("needs bf16 or fp16")
+    fp32 = compose_cfg("data.packing=true", "train.precision=fp32")
+    assert attention.choose(fp32, "cuda")[1].endswith("needs bf16 or fp16")
     assert attention.describe(packed, "cpu") == (
         "attention: sdpa (packed rows attend through a block-diagonal mask; flash attention's variable-length kernel "
         "needs a CUDA GPU)")
@@ -27,7 +28,8 @@ def test_auto_takes_flash_attention_for_packed_rows_where_it_can(monkeypatch):
 
 
 def test_a_named_implementation_is_passed_on():
-    assert attention.choose(compose_cfg("model.attn_implementation=eager", "data.packing=true"), "cuda") == ("eager", "")
+    named = compose_cfg("model.attn_implementation=eager", "data.packing=true")
+    assert attention.choose(named, "cuda") == ("eager", "")
 
 
 def test_flash_attention_without_its_package_is_refused_before_workers_start(tmp_path, monkeypatch):
