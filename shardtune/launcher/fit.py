@@ -167,8 +167,9 @@ class Change:
 # The kinds of change, in the order a user would rather give them up when several are needed: recomputing
 # activations, smaller micro-batches, sharding, offloading, then quantizing the base.
 LEVERS = ("checkpointing", "micro_batch", "sharding", "offload", "quantize")
-# What the estimate reads of a config: copies of these are cheap enough to estimate dozens of alternatives.
-ESTIMATED_SECTIONS = ("model", "method", "strategy", "train", "launcher", "cluster")
+# What the estimate reads of a config (data: whether rows are packed, for the attention kernel): copies of these are
+# cheap enough to estimate dozens of alternatives.
+ESTIMATED_SECTIONS = ("model", "method", "strategy", "train", "launcher", "cluster", "data")
 
 
 def alternatives(cfg, world_size: int, capacity: Capacity) -> List[Tuple[str, Verdict]]:
