@@ -82,6 +82,10 @@ for part in "$@"; do
         timeout 120 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC train.compile=blocks
       } >> "$OUT/8b.jsonl" 2>> "$OUT/8b.err"
       ;;
+    zero)
+      # ZeRO-2 and ZeRO-3 against FSDP2 on the 1B full fine-tune, one GPU, fast path on (the issue asks within 10%).
+      timeout 420 python3 benchmarks/run.py full-fsdp full-zero2 full-zero3 >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      ;;
     packed-attention)
       # Packed rows (examples of 64-2048 tokens, mean about 450, in rows of 2048): sdpa, which transformers gives a
       # block-diagonal mask, against flex attention, whose block mask skips the blocks across examples.
