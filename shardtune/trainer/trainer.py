@@ -93,24 +93,7 @@ class Trainer:
         resume_from = checkpoint.find_resume_checkpoint(cfg.output_dir, cfg.resume, restarted=restarts > 0)
         if resume_from is not None:  # before the strategy builds anything: DeepSpeed may convert the checkpoint
             self.strategy.prepare_resume(resume_from, checkpoint.saved_world_size(resume_from, self.world_size))
-        source = model_source(cfg, self.dtype)
-        # Seeded right before building, after anything one rank does alone: every rank must create the
-        # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
-        torch.manual_seed(cfg.train.seed)
-        model = self.strategy.build_model(source)
-        self.model_config = model.config
-        self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type, cfg.method.name)
-        self.frames_at_first_step = None  # torch.compile's count once the first step has compiled
-        if self.fast_path.fused_loss:
-            self.strategy.expose_head_to_fused_loss(model)
-        fast_path.apply(model, self.fast_path, decoder_layers)
-        self.num_params, self.num_trainable_params = count_parameters(model)
-        optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
-        self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
-                           make_scheduler_factory(cfg.optim, self.total_steps))
-        self.weights_gib = parameter_gib(self.strategy.model)
-        # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
-        self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
+        self.build_model(model_source(cfg, self.dtype))
         if micro_batch_trial.runs_trial(cfg, self.device, strategy_spec(cfg.strategy).kind):
             self.confirm_micro_batch()  # before the checkpoint's optimizer states: the trial stands in for them
         if resume_from is not None:
@@ -135,6 +118,27 @@ class Trainer:
         if self.rank == 0:
             preemption.clear_marker(cfg.output_dir)  # left by the run this one continues
             self.log_start(resume_from, restarts)
+
+    def build_model(self, source: str) -> None:
+        """The strategy's model with the fast path's parts, wrapped with its optimizer and schedule."""
+        cfg = self.cfg
+        # Seeded right before building, after anything one rank does alone: every rank must create the
+        # same adapter weights, since FSDP shards each rank's own copy instead of broadcasting rank 0's.
+        torch.manual_seed(cfg.train.seed)
+        model = self.strategy.build_model(source)
+        self.model_config = model.config
+        self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type, cfg.method.name)
+        self.frames_at_first_step = None  # torch.compile's count once the first step has compiled
+        if self.fast_path.fused_loss:
+            self.strategy.expose_head_to_fused_loss(model)
+        fast_path.apply(model, self.fast_path, decoder_layers)
+        self.num_params, self.num_trainable_params = count_parameters(model)
+        optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
+        self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
+                           make_scheduler_factory(cfg.optim, self.total_steps))
+        self.weights_gib = parameter_gib(self.strategy.model)
+        # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
+        self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
 
     def log_start(self, resume_from, restarts: int) -> None:
         """Rank 0's first lines: what trains, from where, and which parts of the fast path are on."""
