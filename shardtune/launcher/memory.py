@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
-from ..attention import describe as describe_attention
+from ..attention import describe as describe_attention, implementation as attention_implementation
 from ..trainer import fast_path, fp8
 from ..trainer.activations import describe as describe_checkpointing
 from ..trainer.model import decoder_layers
@@ -370,8 +370,8 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
             + _placement(shard.optimizer, world_size)
         )
     gathered, gathered_note = _gathered(run)
-    activations, offloaded_activations, activations_note = _activations(config, cfg, precision,
-                                                                        ddp_autocast_full or compute_bytes == 4)
+    activations, offloaded_activations, activations_note = _activations(
+        config, cfg, precision, ddp_autocast_full or compute_bytes == 4, attention_implementation(cfg, run.device))
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
     fast = fast_path.choose(cfg.train, run.device, config.model_type, method.name)
     if fast.fused_loss:
@@ -635,19 +635,20 @@ def _checkpoint_file_bytes(run: _Run) -> int:
     return min(HUB_CHECKPOINT_FILE_BYTES, run.counts.total * 2)
 
 
-def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool) -> Tuple[int, int, str]:
+def _activations(config: PretrainedConfig, cfg, precision: str, fp32_residual: bool,
+                 attention: str) -> Tuple[int, int, str]:
     """(bytes on the GPU, bytes offloaded to host memory per rank, what it assumes) of the activations one micro
-    batch keeps for backward."""
+    batch keeps for backward, with `attention` the implementation transformers runs."""
     train = cfg.train
     s, b = train.seq_len, train.micro_batch_size
     h, num_layers, a = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     intermediate = getattr(config, "intermediate_size", None) or 4 * h
     scale = 2 if precision == "fp32" else 1  # the constants count 16-bit activations
-    keeps_scores = cfg.model.attn_implementation == "eager"
+    keeps_scores = attention == "eager"
     scores_per_token = SCORE_MATRIX_FACTOR * a * s if keeps_scores else 0
     per_token = LAYER_BYTES_PER_HIDDEN * h + LAYER_BYTES_PER_INTERMEDIATE * intermediate + scores_per_token
     one_layer = int(s * b * per_token * scale)
-    attention_note = "eager attention: + s x s scores" if keeps_scores else f"{cfg.model.attn_implementation}: no s x s scores"
+    attention_note = "eager attention: + s x s scores" if keeps_scores else f"{attention}: no s x s scores"
     if not train.activation_checkpointing:
         return num_layers * one_layer, 0, f"L*s*b*(30h+8.5i) (measured, HF layers); {attention_note}"
     # Each checkpointed layer keeps its input (the residual stream is fp32 when fp32 parameters run under autocast,
