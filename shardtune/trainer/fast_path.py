@@ -18,7 +18,8 @@ LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
 # The methods train.compile=auto compiles, where compiled blocks were measured faster on a GPU with the loss curve
 # kept (tests/gpu/test_gpu_fast_path.py), on an H100 on 2026-12-06: 1B LoRA 1.28x, 1B full fine-tuning under FSDP2
 # 1.06x (44.0k against 41.5k tokens/s, both with Liger's loss; the curve kept under DDP, FSDP2 and ZeRO-3). Not yet
-# QLoRA (curve kept, speed not measured), nor blocks under activation checkpointing.
+# QLoRA (bitsandbytes' 4-bit matmul compiles without a graph break, tests/dist/test_compile.py, and the curve is kept
+# on a GPU; speed not measured), nor blocks under activation checkpointing.
 COMPILE_AUTO_METHODS = ("full", "lora")
 
 

@@ -1,5 +1,6 @@
 """train.compile=blocks compiles each decoder block in place (the strategy's hooks stay on it) and changes no loss:
-on 2 CPU workers under FSDP2, compiled blocks give the eager run's losses step by step."""
+on 2 CPU workers under FSDP2 (and QLoRA's 4-bit base under DDP), compiled blocks give the eager run's losses step
+by step."""
 import re
 
 from conftest import SHARED_RUNS, compose_cfg, run_shardtune, train_losses
@@ -20,6 +21,17 @@ def test_compiled_blocks_give_the_eager_losses_under_fsdp(shared_run, tmp_path):
     assert 0 < int(recompiles.group(1)) <= compose_cfg("model=tiny").model.architecture.num_hidden_layers
     compiled = train_losses(tmp_path)
     assert sorted(compiled) == sorted(eager)
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step
+
+
+def test_compiled_qlora_blocks_give_the_eager_losses(shared_run, tmp_path):
+    """bitsandbytes' 4-bit matmul is a custom op the compiler keeps in the graph: no graph break at the quantized
+    layers."""
+    eager = train_losses(shared_run("qlora-ddp"))
+    result = run_shardtune("train", *SHARED_RUNS["qlora-ddp"], "train.compile=blocks", f"output_dir={tmp_path}")
+    assert "0 graph breaks" in result.stdout + result.stderr
+    compiled = train_losses(tmp_path)
     for step, loss in eager.items():
         assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step
 
