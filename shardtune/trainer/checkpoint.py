@@ -1,11 +1,11 @@
 """Resumable checkpoints: `<output_dir>/checkpoints/step-N/`.
 
 Each holds the strategy's sharded model and optimizer state, `trainer_state.json` (step, data position,
-scheduler, and the layout that wrote it: micro batch, grad_accum, world size) and one RNG file per rank. Rank 0 writes the COMPLETE marker only after every rank has
-finished writing, so a directory without it (a crash, a kill mid-save) is never picked for resume; older
-checkpoints are deleted (train.keep_checkpoints) only after that. A save that fails (a full disk) removes its
-partial directory and stops the run on every rank with the path and the space needed; one that obviously cannot
-fit is refused before it starts.
+scheduler, and the layout that wrote it: micro batch, grad_accum, world size) and one RNG file per rank. Rank 0
+writes the COMPLETE marker only after every rank has finished writing, so a directory without it (a crash, a kill
+mid-save) is never picked for resume; older checkpoints are deleted (train.keep_checkpoints) only after that. A save
+that fails (a full disk) removes its partial directory and stops the run on every rank with the path and the space
+needed; one that obviously cannot fit is refused before it starts.
 
 Written in place, not staged and renamed: the marker, written last by rank 0 once every rank has reported its part
 written, already makes a directory count only once whole; a staging directory would need the same agreement before

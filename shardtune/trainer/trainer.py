@@ -66,6 +66,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.last_train_loss = None
         self.data_position = DataPosition()  # the whole run's place in the data, for exact resume on any world size
+        self.frames_at_first_step = None  # torch.compile's count of compiled frames once the first step has run
         self.started = time.time()
 
     def run(self) -> None:
@@ -128,7 +129,6 @@ class Trainer:
         model = self.strategy.build_model(source)
         self.model_config = model.config
         self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type, cfg.method.name)
-        self.frames_at_first_step = None  # torch.compile's count once the first step has compiled
         if self.fast_path.fused_loss:
             self.strategy.expose_head_to_fused_loss(model)
         fast_path.apply(model, self.fast_path, decoder_layers)
