@@ -31,8 +31,10 @@ def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     assert choose(train(compile="blocks"), "cuda", "llama", "qlora").compile_blocks
     assert "auto does not compile checkpointed blocks yet" in choose(train(activation_checkpointing=True), "cuda",
                                                                      "llama", "lora").describe()
+    assert choose(train(), "cuda", "llama", "full").compile_blocks
     gpt2 = choose(train(), "cuda", "gpt2", "full")
     assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
+    assert "auto compiles llama, mistral, qwen2, qwen3 blocks only" in gpt2.describe()
 
 
 def test_liger_by_name_is_refused_where_it_cannot_run(monkeypatch):
