@@ -10,8 +10,11 @@ class DDPStrategy(Strategy):
     def wrap(self, model, make_optimizer, make_scheduler):
         self.module = model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # Gradients as views into the all-reduce buckets: one copy of them instead of two, and no copy between them
+        # at every backward (the memory estimate counts one copy).
         self.model = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.strategy.bucket_cap_mb,
-                                             static_graph=self.cfg.strategy.static_graph)
+                                             static_graph=self.cfg.strategy.static_graph,
+                                             gradient_as_bucket_view=True)
         self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
         self.scheduler = make_scheduler(self.optimizer)
 
