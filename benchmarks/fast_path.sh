@@ -83,6 +83,21 @@ for part in "$@"; do
         cp "/tmp/bench/1b-$case-x1/profile/rank0-top.txt" "$OUT/profiles/1b-$case.txt"
       done
       ;;
+    ddp-pairs)
+      # One GPU, each shardtune case on DDP right after HF + Liger's: 1B full, 1B LoRA, 8B LoRA (activation
+      # checkpointing, compiled blocks). For a short device call; profiles of the 1B cases in one archive.
+      B8="--size 8b --steps 12 --micro-batch 2"
+      P="train.profile_steps=[8,9]"
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 100 python3 benchmarks/run.py full-ddp --extra $P
+        timeout 80 python3 benchmarks/run.py --baseline 1b-lora --liger
+        timeout 90 python3 benchmarks/run.py lora-ddp --extra method.dropout=0 $P
+        timeout 130 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra train.activation_checkpointing=true \
+          method.dropout=0 train.compile=blocks
+      } >> "$OUT/ddp-pairs.jsonl" 2>> "$OUT/ddp-pairs.err"
+      tar czf "$OUT/profiles.tgz" -C /tmp/bench 1b-full-ddp-x1/profile 1b-lora-ddp-x1/profile
+      ;;
     8b)
       # The 8B bars: LoRA and QLoRA at micro batch 2 with activation checkpointing (the baseline's settings), beside
       # HF + Liger, on DDP (on one GPU FSDP2 only adds copies of the frozen base); the blocks compiled, then eager.
