@@ -98,6 +98,18 @@ for part in "$@"; do
       } >> "$OUT/ddp-pairs.jsonl" 2>> "$OUT/ddp-pairs.err"
       tar czf "$OUT/profiles.tgz" -C /tmp/bench 1b-full-ddp-x1/profile 1b-lora-ddp-x1/profile
       ;;
+    lora-pairs)
+      # LoRA on DDP right after HF + Liger's, 1B and 8B (activation checkpointing, compiled blocks), then 8B QLoRA.
+      B8="--size 8b --steps 12 --micro-batch 2"
+      AC="train.activation_checkpointing=true method.dropout=0 train.compile=blocks"
+      { timeout 80 python3 benchmarks/run.py --baseline 1b-lora --liger
+        timeout 90 python3 benchmarks/run.py lora-ddp --extra method.dropout=0
+        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 110 python3 benchmarks/run.py lora-ddp $B8 --extra $AC
+        timeout 70 python3 benchmarks/run.py --baseline 8b-qlora --liger
+        timeout 90 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC
+      } >> "$OUT/lora-pairs.jsonl" 2>> "$OUT/lora-pairs.err"
+      ;;
     8b)
       # The 8B bars: LoRA and QLoRA at micro batch 2 with activation checkpointing (the baseline's settings), beside
       # HF + Liger, on DDP (on one GPU FSDP2 only adds copies of the frozen base); the blocks compiled, then eager.

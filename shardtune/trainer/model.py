@@ -132,6 +132,15 @@ def lora_layers(model):
     return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
 
 
+def keep_adapter_inputs_as_they_come(model) -> None:
+    """Stop peft from casting each LoRA layer's input to its adapters' dtype (fp32) in forward: for training under
+    autocast, which casts them back to the compute dtype for the matmul. The values are the same, but every adapter
+    then keeps a copy of its input for backward: the query, key and value adapters three of one tensor. Without the
+    cast they share it (peft skips the cast under autocast for 4-bit layers already)."""
+    for _, layer in lora_layers(model):
+        layer.cast_input_dtype_enabled = False
+
+
 def init_adapters(model, seed: int) -> None:
     """Give every LoRA adapter its initial weights as peft does (A: Kaiming-uniform, B: zero), drawn from a
     generator seeded by the run's seed and the layer's name.

@@ -1,14 +1,19 @@
 """DistributedDataParallel: every rank holds the whole model; gradients are all-reduced in buckets."""
 import contextlib
 
+import torch
+
 from torch.nn.parallel import DistributedDataParallel
 
+from ..model import keep_adapter_inputs_as_they_come
 from .base import Strategy
 
 
 class DDPStrategy(Strategy):
     def wrap(self, model, make_optimizer, make_scheduler):
         self.module = model
+        if self.dtype != torch.float32:  # forward runs under autocast (Strategy.autocast)
+            keep_adapter_inputs_as_they_come(model)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # Gradients as views into the all-reduce buckets: one copy of them instead of two, and no copy between them
         # at every backward (the memory estimate counts one copy).
