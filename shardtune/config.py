@@ -298,9 +298,9 @@ class TrainConfig:
     installed, none elsewhere (the log says why once)."""
     compile: str = "auto"
     """torch.compile. blocks: each decoder layer compiled on its own (as torchtitan does; compile errors are raised,
-    never a silent fall-back to eager); none: eager; auto: blocks on CUDA for full fine-tuning and LoRA of Llama-like
-    models (llama, mistral, qwen2, qwen3) without activation checkpointing, where compiled blocks were measured
-    faster with the loss curve kept; none elsewhere until they are (the log says why)."""
+    never a silent fall-back to eager); none: eager; auto: blocks on CUDA for Llama-like models (llama, mistral,
+    qwen2, qwen3), every method, checkpointed or not, where compiled blocks were measured fast with the loss curve
+    kept; none elsewhere (the log says why)."""
     profile_steps: List[int] = field(default_factory=list)
     """[first, last]: record these optimizer steps with torch.profiler; each rank writes a Chrome trace and a table
     of its costliest operators into <output_dir>/profile/. Empty = no profiling."""

@@ -15,12 +15,12 @@ COMPILE_CHOICES = ("auto", "blocks", "none")
 # Architectures whose Liger patch (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy over lm_head) is used here.
 LIGER_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
-# The methods train.compile=auto compiles, where compiled blocks were measured faster on a GPU with the loss curve
-# kept (tests/gpu/test_gpu_fast_path.py), on an H100 on 2026-12-06: 1B LoRA 1.28x, 1B full fine-tuning under FSDP2
-# 1.06x (44.0k against 41.5k tokens/s, both with Liger's loss; the curve kept under DDP, FSDP2 and ZeRO-3). Not yet
-# QLoRA (bitsandbytes' 4-bit matmul compiles without a graph break, tests/dist/test_compile.py, and the curve is kept
-# on a GPU; speed not measured), nor blocks under activation checkpointing.
-COMPILE_AUTO_METHODS = ("full", "lora")
+# train.compile=auto compiles the blocks of every method, checkpointed or not, of the architectures below. Measured on
+# an H100 on 2026-12-06 (docs/benchmarks.md): 1B LoRA 1.28x over eager, 1B full fine-tuning under FSDP2 1.06x (44.0k
+# against 41.5k tokens/s, both with Liger's loss); with checkpointed blocks, 8B LoRA 10.3k and 8B QLoRA 8.1k tokens/s
+# against HF + Liger's 7.7k and 5.4k (eager shardtune was not run in that call). No graph break, no recompile; the
+# loss curve kept on the GPU for full, LoRA and QLoRA under DDP, FSDP2 and ZeRO-3 (tests/gpu/test_gpu_fast_path.py),
+# and checkpointed and 4-bit blocks give the eager losses on CPU workers (tests/dist/test_compile.py).
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def choose(train_cfg, device_type: str, model_type: str, method: str) -> FastPath:
+def choose(train_cfg, device_type: str, model_type: str) -> FastPath:
     """The parts of the fast path this run uses. A part asked for by name that this device or model cannot have is
     refused (ConfigError); `auto` turns such a part off and records why."""
     why_not = []
@@ -71,14 +71,9 @@ def choose(train_cfg, device_type: str, model_type: str, method: str) -> FastPat
     compile_blocks = train_cfg.compile == "blocks"
     if train_cfg.compile == "auto":
         unmeasured = ("needs a CUDA GPU" if device_type != "cuda"
-                      else f"auto compiles {' and '.join(COMPILE_AUTO_METHODS)} only so far"
-                      if method not in COMPILE_AUTO_METHODS
                       # Llama-like blocks (the GPU tests compile Llama's); others only when asked for (blocks).
                       else f"auto compiles {', '.join(LIGER_ARCHITECTURES)} blocks only"
                       if model_type not in LIGER_ARCHITECTURES
-                      # Compiled checkpointed blocks match eager on CPU (tests/dist/test_compile.py); not yet shown
-                      # on a GPU.
-                      else "auto does not compile checkpointed blocks yet" if train_cfg.activation_checkpointing
                       else None)
         compile_blocks = unmeasured is None
         if unmeasured:

@@ -14,7 +14,7 @@ def train(**values):
 
 
 def test_auto_is_off_on_cpu_and_says_why():
-    fast = choose(train(), "cpu", "llama", "lora")
+    fast = choose(train(), "cpu", "llama")
     assert not fast.liger and not fast.compile_blocks
     assert fast.describe() == ("kernels: none; compile: none (liger kernels off: needs a CUDA GPU; "
                                "compile off: needs a CUDA GPU)")
@@ -22,31 +22,25 @@ def test_auto_is_off_on_cpu_and_says_why():
 
 def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
-    assert choose(train(), "cuda", "llama", "qlora").describe() == (
-        "kernels: liger (rms_norm, rope, swiglu, fused linear cross-entropy); compile: none "
-        "(compile off: auto compiles full and lora only so far)")
     # Compiled blocks fuse the norms, RoPE and SwiGLU themselves; Liger keeps the loss.
-    assert choose(train(), "cuda", "llama", "lora").describe() == (
-        "kernels: liger (fused linear cross-entropy); compile: per block")
-    assert choose(train(compile="blocks"), "cuda", "llama", "qlora").compile_blocks
-    assert "auto does not compile checkpointed blocks yet" in choose(train(activation_checkpointing=True), "cuda",
-                                                                     "llama", "lora").describe()
-    assert choose(train(), "cuda", "llama", "full").compile_blocks
-    gpt2 = choose(train(), "cuda", "gpt2", "full")
+    for checkpointing in (False, True):  # every method alike: full, LoRA, QLoRA
+        assert choose(train(activation_checkpointing=checkpointing), "cuda", "llama").describe() == (
+            "kernels: liger (fused linear cross-entropy); compile: per block")
+    gpt2 = choose(train(), "cuda", "gpt2")
     assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
     assert "auto compiles llama, mistral, qwen2, qwen3 blocks only" in gpt2.describe()
 
 
 def test_liger_by_name_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(ConfigError, match="train.kernels.*needs a CUDA GPU"):
-        choose(train(kernels="liger"), "cpu", "llama", "full")
+        choose(train(kernels="liger"), "cpu", "llama")
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: False)
     with pytest.raises(ConfigError, match="train.kernels.*liger-kernel is not installed"):
-        choose(train(kernels="liger"), "cuda", "llama", "full")
+        choose(train(kernels="liger"), "cuda", "llama")
 
 
 def test_none_turns_each_part_off_without_a_reason():
-    assert choose(train(kernels="none", compile="none"), "cuda", "llama", "lora").describe() == "kernels: none; compile: none"
+    assert choose(train(kernels="none", compile="none"), "cuda", "llama").describe() == "kernels: none; compile: none"
 
 
 def test_unknown_values_and_liger_on_cpu_are_refused_before_workers_start(tmp_path):
