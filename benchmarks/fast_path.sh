@@ -110,6 +110,41 @@ for part in "$@"; do
         timeout 90 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC
       } >> "$OUT/lora-pairs.jsonl" 2>> "$OUT/lora-pairs.err"
       ;;
+    tests-rest)
+      # The GPU tests the last side-by-side call did not finish, four at a time; then the micro batch trial alone
+      # (it fills the GPU). Logs in one archive: the device call brings back only a few files.
+      mkdir -p "$OUT/logs"
+      for case in qlora-fsdp variants; do
+        timeout 400 python3 -m pytest -q -s -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
+          > "$OUT/logs/fast-path-$case.txt" 2>&1 &
+      done
+      timeout 400 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_data.py -k packed \
+        > "$OUT/logs/packed-loss.txt" 2>&1 &
+      timeout 400 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py > "$OUT/logs/pairs.txt" 2>&1 &
+      wait
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py \
+        > "$OUT/logs/micro-batch.txt" 2>&1
+      tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
+      tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
+      ;;
+    1b-full-trace)
+      # Where the 1B full fine-tune's step waits on the host under FSDP2 (one GPU): a Chrome trace of steps 8-9,
+      # beside HF + Liger. Analyse the trace's gaps between kernels and the CPU work inside them.
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 100 python3 benchmarks/run.py full-fsdp --extra "train.profile_steps=[8,9]"
+      } >> "$OUT/1b-full.jsonl" 2>> "$OUT/1b-full.err"
+      tar czf "$OUT/profile.tgz" -C /tmp/bench 1b-full-fsdp-x1/profile
+      ;;
+    8b-eager)
+      # Compiled against eager blocks under activation checkpointing, 8B LoRA and QLoRA on DDP, in one call.
+      B8="--size 8b --steps 12 --micro-batch 2"
+      AC="train.activation_checkpointing=true method.dropout=0"
+      { for method in lora qlora; do
+          timeout 120 python3 benchmarks/run.py $method-ddp $B8 --extra $AC train.compile=none
+          timeout 100 python3 benchmarks/run.py $method-ddp $B8 --extra $AC
+        done
+      } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
+      ;;
     8b)
       # The 8B bars: LoRA and QLoRA at micro batch 2 with activation checkpointing (the baseline's settings), beside
       # HF + Liger, on DDP (on one GPU FSDP2 only adds copies of the frozen base); the blocks compiled, then eager.

@@ -47,6 +47,7 @@ class Strategy:
         self.module: torch.nn.Module  # the plain transformers/peft model inside
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
+        self._trainable: Optional[list] = None  # the parameters `step` clips, in model order
         # LoRA checkpoints hold only the adapters; the frozen base is reloaded from its source.
         self.trainable_only = cfg.method.name != "full"
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
@@ -98,10 +99,11 @@ class Strategy:
         """Clip, step the optimizer and scheduler, zero the gradients; return the pre-clip gradient norm, which is
         the same on every rank. skip_nonfinite: where that norm is NaN or inf, leave the weights and the optimizer
         alone (trainer/nonfinite.py)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self._trainable is None:  # listed once: walking a LoRA model's thousands of modules takes milliseconds
+            self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
         # Reading the norm waits for the GPU. Only a step that may be skipped needs it before the update; otherwise
