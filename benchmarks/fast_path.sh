@@ -135,6 +135,15 @@ for part in "$@"; do
       } >> "$OUT/1b-full.jsonl" 2>> "$OUT/1b-full.err"
       tar czf "$OUT/profile.tgz" -C /tmp/bench 1b-full-fsdp-x1/profile
       ;;
+    1b-full-options)
+      # The 1B full fine-tune on one GPU beside HF + Liger: FSDP2 as it is, kept gathered from forward to backward
+      # (one unshard copy per step instead of two), and reducing in bf16 (on one rank the reduction is a copy).
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 100 python3 benchmarks/run.py full-fsdp
+        timeout 100 python3 benchmarks/run.py full-fsdp --extra strategy.reshard_after_forward=false
+        timeout 100 python3 benchmarks/run.py full-fsdp --extra strategy.reduce_dtype=bf16
+      } >> "$OUT/1b-full-options.jsonl" 2>> "$OUT/1b-full-options.err"
+      ;;
     8b-eager)
       # Compiled against eager blocks under activation checkpointing, 8B LoRA and QLoRA on DDP, in one call.
       B8="--size 8b --steps 12 --micro-batch 2"
