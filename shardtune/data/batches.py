@@ -74,7 +74,9 @@ class ShardedBatches:
                 f"train.micro_batch_size={micro_batch_size} on {world_size} rank(s) needs at least "
                 f"{micro_batch_size * world_size} rows, but the {split} split has {len(dataset)}"
             )
-        self.dataset = dataset
+        # Rows read as numpy arrays: turning Arrow's columns into Python lists and back into tensors took the host
+        # milliseconds per micro-batch (7.7 ms against 0.24 for 4 rows of 2048 tokens), while the GPU waited.
+        self.dataset = dataset.with_format("numpy")
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.rows_per_global_batch = micro_batch_size * world_size  # one micro-batch on every rank
