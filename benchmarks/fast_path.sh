@@ -144,6 +144,20 @@ for part in "$@"; do
         timeout 100 python3 benchmarks/run.py full-fsdp --extra strategy.reduce_dtype=bf16
       } >> "$OUT/1b-full-options.jsonl" 2>> "$OUT/1b-full-options.err"
       ;;
+    memory-peaks)
+      # What is alive at the peak: 8B LoRA with checkpointed blocks (0.16-0.30 GiB above HF + Liger's 17.57 GiB), and
+      # the 1B full fine-tune on DDP (35.3 GiB against HF + Liger's 29.7 with the same fp32 weights under autocast).
+      B8="--size 8b --steps 8 --micro-batch 2"
+      P="train.profile_steps=[5,6]"
+      { timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra train.activation_checkpointing=true \
+          method.dropout=0 $P
+        timeout 100 python3 benchmarks/run.py full-ddp --steps 8 --extra $P
+      } >> "$OUT/memory-peaks.jsonl" 2>> "$OUT/memory-peaks.err"
+      for run in 8b-lora-ddp-x1 1b-full-ddp-x1; do
+        echo "== $run" >> "$OUT/memory-peaks.txt"
+        python3 benchmarks/memory_peak.py "/tmp/bench/$run/profile/rank0-memory.pickle" >> "$OUT/memory-peaks.txt" 2>&1
+      done
+      ;;
     8b-eager)
       # Compiled against eager blocks under activation checkpointing, 8B LoRA and QLoRA on DDP, in one call.
       B8="--size 8b --steps 12 --micro-batch 2"

@@ -1,6 +1,8 @@
 """train.profile_steps: a torch.profiler record of a few optimizer steps, to see where a step's time goes (which
 kernels, how much is communication or waiting on the host). Each rank writes a Chrome trace (open it in
-https://ui.perfetto.dev) and a table of its most expensive operators into <output_dir>/profile/."""
+https://ui.perfetto.dev) and a table of its most expensive operators into <output_dir>/profile/; on a GPU also a
+record of the same steps' allocations (rank<R>-memory.pickle: https://pytorch.org/memory_viz, or
+benchmarks/memory_peak.py), to see what is alive at the peak."""
 import logging
 from pathlib import Path
 
@@ -23,6 +25,8 @@ class StepProfiler:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.profiler = profile(activities=activities)
             self.profiler.start()
+            if self.device.type == "cuda":
+                torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
 
     def step_done(self, step: int) -> None:
         if step != self.last or self.profiler is None:
@@ -31,6 +35,9 @@ class StepProfiler:
             torch.cuda.synchronize()  # the kernels of the last step belong in the record
         self.profiler.stop()
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cuda":
+            torch.cuda.memory._dump_snapshot(str(self.directory / f"rank{self.rank}-memory.pickle"))
+            torch.cuda.memory._record_memory_history(enabled=None)
         self.profiler.export_chrome_trace(str(self.directory / f"rank{self.rank}.json"))
         sort_by = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         table = self.profiler.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=80)
