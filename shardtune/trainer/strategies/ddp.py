@@ -2,7 +2,6 @@
 import contextlib
 
 import torch
-
 from torch.nn.parallel import DistributedDataParallel
 
 from ..model import keep_adapter_inputs_as_they_come
