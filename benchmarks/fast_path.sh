@@ -28,14 +28,6 @@ for part in "$@"; do
       done
       wait
       ;;
-    quick)
-      # The GPU tests of what changed last, side by side (for a short device call).
-      for case in full-fsdp variants "fp8 and fsdp"; do
-        timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_gpu_fast_path.py -k "$case" \
-          > "$OUT/fast-path-${case// /-}.txt" 2>&1 &
-      done
-      wait
-      ;;
     1b-full)
       # The 1B full fine-tune with the fast path, beside HF + Liger, then with fp8 and eager; steps 8-9 profiled.
       P="train.profile_steps=[8,9]"
@@ -60,28 +52,6 @@ for part in "$@"; do
         timeout 100 $EXPANDABLE python3 benchmarks/run.py full-fsdp
         timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
       } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
-      ;;
-    lora-1gpu)
-      # 1B LoRA on one GPU, beside HF + Liger: FSDP2 with and without expandable segments (a same-call pair), and
-      # DDP, which on one GPU skips FSDP2's per-parameter copy of the frozen base at every unshard.
-      { timeout 100 python3 benchmarks/run.py --baseline 1b-lora --liger
-        timeout 100 python3 benchmarks/run.py lora-fsdp lora-ddp --extra method.dropout=0
-        timeout 100 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False python3 benchmarks/run.py lora-fsdp \
-          --extra method.dropout=0
-      } >> "$OUT/lora-1gpu.jsonl" 2>> "$OUT/lora-1gpu.err"
-      ;;
-    1gpu-strategies)
-      # One GPU: DDP (fp32 weights under autocast, gradients as bucket views) against FSDP2, whose one-rank path
-      # still copies every parameter at each unshard and every gradient at each reduce.
-      # Beside HF + Liger, full and LoRA (the baseline's LoRA has no dropout).
-      mkdir -p "$OUT/profiles"
-      { timeout 200 python3 benchmarks/run.py --baseline 1b-full 1b-lora --liger
-        timeout 200 python3 benchmarks/run.py full-ddp full-fsdp --extra "train.profile_steps=[8,9]"
-        timeout 200 python3 benchmarks/run.py lora-ddp lora-fsdp --extra method.dropout=0 "train.profile_steps=[8,9]"
-      } >> "$OUT/1gpu.jsonl" 2>> "$OUT/1gpu.err"
-      for case in full-ddp full-fsdp lora-ddp lora-fsdp; do
-        cp "/tmp/bench/1b-$case-x1/profile/rank0-top.txt" "$OUT/profiles/1b-$case.txt"
-      done
       ;;
     ddp-pairs)
       # One GPU, each shardtune case on DDP right after HF + Liger's: 1B full, 1B LoRA, 8B LoRA (activation
@@ -170,20 +140,6 @@ for part in "$@"; do
         # The checkpointed layers' inputs (about 1 GiB at 8B, 2 x 2048) in host memory: under HF + Liger's 17.57 GiB?
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.activation_offload=true
       } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
-      ;;
-    8b)
-      # The 8B bars: LoRA and QLoRA at micro batch 2 with activation checkpointing (the baseline's settings), beside
-      # HF + Liger, on DDP (on one GPU FSDP2 only adds copies of the frozen base); the blocks compiled, then eager.
-      # The first run of each side writes its random 8B model (16 GB).
-      B8="--size 8b --steps 12 --micro-batch 2"
-      AC="train.activation_checkpointing=true method.dropout=0"
-      { timeout 130 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 70 python3 benchmarks/run.py --baseline 8b-qlora --liger
-        timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.compile=blocks
-        timeout 80 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC train.compile=blocks
-        timeout 70 python3 benchmarks/run.py lora-ddp $B8 --extra $AC
-        timeout 70 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC
-      } >> "$OUT/8b.jsonl" 2>> "$OUT/8b.err"
       ;;
     zero)
       # ZeRO-2 and ZeRO-3 against FSDP2 on the 1B full fine-tune, one GPU, fast path on (the issue asks within 10%).
