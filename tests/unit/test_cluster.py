@@ -50,7 +50,6 @@ def test_socket_interface_reaches_the_workers(tmp_path):
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "veth-st1"
 
 
-
 def test_workers_get_expandable_cuda_segments_unless_the_user_set_the_allocator(tmp_path, monkeypatch):
     plan = plan_launch(compose_cfg(values={**CPU, "output_dir": str(tmp_path)}))
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
