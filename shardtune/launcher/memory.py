@@ -20,7 +20,7 @@ from ..paths import looks_like_local_path
 from ..precision import DTYPES, bytes_per_element
 from ..strategy_registry import Sharding, strategy_spec
 from ..attention import describe as describe_attention, implementation as attention_implementation
-from ..trainer import fast_path, fp8
+from ..trainer import fast_path, fp8, master_weights
 from ..trainer.activations import describe as describe_checkpointing
 from ..trainer.model import decoder_layers
 
@@ -306,6 +306,9 @@ class _Run:
     # DeepSpeed's bf16/fp16 modes cast the whole module to 16-bit and keep fp32 masters inside the
     # optimizer; DDP and FSDP2 keep fp32 parameters (they are the masters) and cast for compute.
     deepspeed_16bit: bool
+    # A 16-bit full fine-tune on DDP with one rank: 16-bit weights, fp32 masters and gradients
+    # (trainer/master_weights.py).
+    master_weights: bool
 
     @property
     def method(self):
@@ -313,6 +316,11 @@ class _Run:
 
     @property
     def trainable_bytes(self) -> int:
+        """Bytes per trainable parameter of the model itself."""
+        return 2 if self.deepspeed_16bit or self.master_weights else 4
+
+    @property
+    def grad_bytes(self) -> int:
         return 2 if self.deepspeed_16bit else 4
 
     @property
@@ -341,32 +349,35 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
                device="cpu" if cfg.launcher.device == "cpu" else "cuda", precision=precision,
                compute_bytes=compute_bytes, shape=model_shape(config, cfg.model.trust_remote_code), counts=counts,
                kind=strategy.kind, shard=strategy.sharding(cfg.strategy, world_size),
-               deepspeed_16bit=strategy.kind == "deepspeed" and compute_bytes == 2)
+               deepspeed_16bit=strategy.kind == "deepspeed" and compute_bytes == 2,
+               master_weights=master_weights.applies(strategy.kind, cfg.method.name, world_size, precision))
     shard, method = run.shard, cfg.method
 
-    # Under DDP a full fine-tune keeps fp32 parameters and autocast computes in 16-bit: the hidden
-    # states between layers stay fp32, and autocast's 16-bit weight copies are saved for backward
-    # (with checkpointing they are recomputed per layer instead).
-    ddp_autocast_full = method.name == "full" and run.kind == "ddp" and compute_bytes == 2
+    # Under DDP on several ranks a full fine-tune keeps fp32 parameters and autocast computes in 16-bit:
+    # the hidden states between layers stay fp32, and autocast's 16-bit weight copies are saved for
+    # backward (with checkpointing they are recomputed per layer instead).
+    ddp_autocast_full = method.name == "full" and run.kind == "ddp" and compute_bytes == 2 and not run.master_weights
     weights, weights_note = _weights(run)
     if ddp_autocast_full and not cfg.train.activation_checkpointing:
         weights += counts.total * 2
         weights_note += "; + 2 B/param autocast copies held until backward"
-    trainable_bytes = run.trainable_bytes
-    grads = 0 if shard.grads_offloaded else counts.trainable * trainable_bytes // shard.grads
+    grad_bytes = run.grad_bytes
+    grads_kind = ("DeepSpeed 16-bit grads" if run.deepspeed_16bit
+                  else "fp32, each 16-bit gradient added in as it is ready" if run.master_weights
+                  else "fp32, reduced in fp32")
+    grads = 0 if shard.grads_offloaded else counts.trainable * grad_bytes // shard.grads
     grads_note = (
         "in host memory (FSDP cpu_offload)" if shard.grads_offloaded
-        else f"{_count(counts.trainable)} trainable x {trainable_bytes} B "
-        f"({'DeepSpeed 16-bit grads' if run.deepspeed_16bit else 'fp32, reduced in fp32'})"
-        + _placement(shard.grads, world_size)
+        else f"{_count(counts.trainable)} trainable x {grad_bytes} B ({grads_kind})" + _placement(shard.grads, world_size)
     )
-    optimizer_bytes = ADAM_STATES_BYTES + (MASTER_COPY_BYTES if run.deepspeed_16bit else 0)
+    masters = run.deepspeed_16bit or run.master_weights
+    optimizer_bytes = ADAM_STATES_BYTES + (MASTER_COPY_BYTES if masters else 0)
     if shard.optimizer_offloaded:
         optimizer, optimizer_note = 0, "AdamW states and fp32 masters in host memory (CPU optimizer step)"
     else:
         optimizer = counts.trainable * optimizer_bytes // shard.optimizer
         optimizer_note = (
-            f"AdamW: 2 fp32 states{' + fp32 master copy' if run.deepspeed_16bit else ''} = {optimizer_bytes} B/param"
+            f"AdamW: 2 fp32 states{' + fp32 master copy' if masters else ''} = {optimizer_bytes} B/param"
             + _placement(shard.optimizer, world_size)
         )
     gathered, gathered_note = _gathered(run)
@@ -382,7 +393,8 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         logits_note = (f"fused linear cross-entropy: b*s*h*{FUSED_LOSS_BYTES_PER_HIDDEN} B (logit chunks, fp32 "
                        f"gradients of the hidden states){' + fp32 gradient of the head' if head_grad else ''}")
     else:
-        logit_bytes = LOGITS_BYTES_PER_ELEMENT[run.kind]
+        # The 16-bit weights of master_weights compute like FSDP2's gathered ones, without autocast.
+        logit_bytes = LOGITS_BYTES_PER_ELEMENT["fsdp" if run.master_weights else run.kind]
         logits = tokens * config.vocab_size * logit_bytes
         logits_note = (
             f"b*s*vocab*{logit_bytes} B: fp32 log-softmax + its gradients in the loss (vocab "
@@ -421,7 +433,7 @@ def _parameter_bytes(run: _Run, trainable_bytes: int) -> Tuple[int, str]:
         if run.compute_bytes == 4:
             kind = "fp32"
         elif trainable_bytes == 2:
-            kind = "16-bit (DeepSpeed; its fp32 masters are under optimizer)"
+            kind = "16-bit (the fp32 masters are under optimizer)"
         else:
             kind = "fp32 parameters, the masters (cast to 16-bit for compute)"
         return counts.total * trainable_bytes, f"{_count(counts.total)} x {trainable_bytes} B {kind}"

@@ -91,7 +91,7 @@ def trial_step(strategy, seq_len: int, device: torch.device, sync: bool, size: i
             strategy.reset_after_failed_step()
             raise
         finally:
-            strategy.optimizer.zero_grad(set_to_none=True)
+            strategy.zero_grad()
 
 
 def missing_optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> int:

@@ -107,13 +107,23 @@ def test_zero1_splits_only_the_optimizer_and_zero2_also_grads():
 
 def test_ddp_full_keeps_fp32_parameters_and_replicates_everything():
     cfg = compose_cfg("model=llama3.2-1b", "method=full", "strategy=ddp")
-    one, eight = estimate_memory(cfg, 1), estimate_memory(cfg, 8)
-    assert (eight.weights, eight.grads, eight.optimizer) == (one.weights, one.grads, one.optimizer)
+    two, eight = estimate_memory(cfg, 2), estimate_memory(cfg, 8)
+    assert (eight.weights, eight.grads, eight.optimizer) == (two.weights, two.grads, two.optimizer)
     # fp32 parameters + the 16-bit copies autocast saves for backward
-    assert one.weights == (4 + 2) * LLAMA32_1B_PARAMS
-    assert one.optimizer == 8 * LLAMA32_1B_PARAMS  # no separate master copy: the parameters are fp32
+    assert two.weights == (4 + 2) * LLAMA32_1B_PARAMS
+    assert two.optimizer == 8 * LLAMA32_1B_PARAMS  # no separate master copy: the parameters are fp32
     cfg.train.activation_checkpointing = True  # copies are then remade per layer during recompute
-    assert estimate_memory(cfg, 1).weights == 4 * LLAMA32_1B_PARAMS
+    assert estimate_memory(cfg, 2).weights == 4 * LLAMA32_1B_PARAMS
+
+
+def test_ddp_full_on_one_rank_keeps_16_bit_weights_and_fp32_masters():
+    one = estimate_memory(compose_cfg("model=llama3.2-1b", "method=full", "strategy=ddp"), 1)
+    assert one.weights == 2 * LLAMA32_1B_PARAMS
+    assert one.grads == 4 * LLAMA32_1B_PARAMS  # each 16-bit gradient is added into fp32 as it is ready
+    assert one.optimizer == (8 + 4) * LLAMA32_1B_PARAMS  # AdamW's two states + the fp32 masters
+    assert "master" in one.notes["optimizer"]
+    fp32 = estimate_memory(compose_cfg("model=llama3.2-1b", "method=full", "strategy=ddp", "train.precision=fp32"), 1)
+    assert (fp32.weights, fp32.optimizer) == (4 * LLAMA32_1B_PARAMS, 8 * LLAMA32_1B_PARAMS)  # fp32: nothing to copy
 
 
 # Peak torch.cuda.max_memory_allocated measured on one H100 (transformers 5, peft, bf16 autocast,
@@ -127,7 +137,9 @@ def test_estimate_tracks_a_measured_h100_peak(method, checkpointing):
         "model=llama3.2-1b", f"method={method}", "strategy=ddp", "train.micro_batch_size=2", "train.seq_len=2048",
         f"train.activation_checkpointing={checkpointing}",
     )
-    estimate = estimate_memory(cfg, 1)
+    # The full fine-tunes were measured under autocast, as DDP trains them on several ranks (one rank trains 16-bit
+    # weights with fp32 masters since, trainer/master_weights.py).
+    estimate = estimate_memory(cfg, 2 if method == "full" else 1)
     measured = MEASURED_H100_GIB[(method, checkpointing)] * GIB
     # max_memory_allocated excludes the CUDA context; that loop freed grads (set_to_none), so at its
     # peak (start of backward) no gradient was alive: the estimate without them should be close,

@@ -112,8 +112,11 @@ class Strategy:
             self.grad_scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
             self.grad_scaler.update()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         return grad_norm.item()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
     # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
     def prepare_resume(self, directory: Path, saved_world_size: int) -> None:

@@ -1,16 +1,34 @@
-"""DistributedDataParallel: every rank holds the whole model; gradients are all-reduced in buckets."""
+"""DistributedDataParallel: every rank holds the whole model; gradients are all-reduced in buckets. A full fine-tune in
+16-bit on one rank trains without the wrapper, on 16-bit weights with fp32 masters (trainer/master_weights.py)."""
 import contextlib
+import logging
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import master_weights
 from ..model import keep_adapter_inputs_as_they_come
 from .base import Strategy
+
+log = logging.getLogger("shardtune")
 
 
 class DDPStrategy(Strategy):
     def wrap(self, model, make_optimizer, make_scheduler):
         self.module = model
+        self.masters = None
+        if master_weights.applies("ddp", self.cfg.method.name, dist.get_world_size(), self.cfg.train.precision):
+            self.model = model
+            self.masters = master_weights.MasterWeights(model, self.cfg.train.precision)
+            log.info("ddp on one rank: nothing to all-reduce, so no DDP wrapper; %s weights for compute, fp32 master "
+                     "weights and gradients for the step", self.cfg.train.precision)
+        else:
+            self._wrap_in_ddp(model)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(self.optimizer)
+
+    def _wrap_in_ddp(self, model):
         if self.dtype != torch.float32:  # forward runs under autocast (Strategy.autocast)
             keep_adapter_inputs_as_they_come(model)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -21,13 +39,47 @@ class DDPStrategy(Strategy):
         self.model = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.strategy.bucket_cap_mb,
                                              static_graph=self.cfg.strategy.static_graph,
                                              gradient_as_bucket_view=True, broadcast_buffers=False)
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-        self.scheduler = make_scheduler(self.optimizer)
+
+    def autocast(self):
+        if self.masters is None:
+            return super().autocast()
+        self.masters.compute()  # the weights are 16-bit already: no autocast
+        return contextlib.nullcontext()
+
+    def step(self, skip_nonfinite=False):
+        if self.masters is None:
+            return super().step(skip_nonfinite)
+        self.masters.show_masters()
+        grad_norm = super().step(skip_nonfinite)
+        self.masters.stepped()
+        return grad_norm
+
+    def zero_grad(self):
+        super().zero_grad()
+        if self.masters is not None:
+            self.masters.drop_grads()
+
+    def _checkpoint_state(self):
+        if self.masters is not None:
+            self.masters.show_masters()  # checkpoints hold the fp32 masters, as DDP's do
+        return super()._checkpoint_state()
+
+    def load(self, directory):
+        super().load(directory)  # into the masters (_checkpoint_state shows them)
+        if self.masters is not None:
+            self.masters.stepped()
+
+    def gather_state_dict(self):
+        if self.masters is not None:
+            self.masters.show_masters()
+        return super().gather_state_dict()
 
     def gradient_sync(self, enabled):
+        if self.masters is not None:
+            return contextlib.nullcontext()  # one rank
         return contextlib.nullcontext() if enabled else self.model.no_sync()
 
     def trial_gradient_sync(self, enabled):
         # The same memory either way (DDP's buckets exist from the start), and no collective: a rank that runs out of
         # memory alone cannot leave the others waiting in an all-reduce, nor DDP's reducer half-way through one.
-        return self.model.no_sync()
+        return self.gradient_sync(False)

@@ -1,0 +1,32 @@
+"""A full fine-tune in bf16 on one DDP rank trains bf16 weights with fp32 masters (trainer/master_weights.py): FSDP2's
+mixed precision on one rank, step for step, through gradient accumulation, a resume and the export."""
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import FAST, run_shardtune, train_losses
+
+ONE_RANK_BF16 = ["method=full", "launcher.cpu_workers=1", "train.precision=bf16", "train.grad_accum=2",
+                 "train.save_interval=4"]
+
+
+def test_one_rank_ddp_full_trains_like_fsdp_mixed_precision(tmp_path):
+    runs = {strategy: tmp_path / strategy for strategy in ("ddp", "fsdp")}
+    output = {strategy: run_shardtune("train", f"output_dir={output_dir}", *FAST, *ONE_RANK_BF16, f"strategy={strategy}")
+              for strategy, output_dir in runs.items()}
+    assert "fp32 master weights" in output["ddp"].stdout + output["ddp"].stderr
+    losses = train_losses(runs["ddp"])
+    assert losses == pytest.approx(train_losses(runs["fsdp"]), rel=1e-6)
+    assert losses[8] < losses[1] - 0.3, losses
+    # The export holds the fp32 masters, not the bf16 copies the model computed with.
+    exported, fsdp_exported = (load_file(runs[s] / "final" / "model.safetensors") for s in ("ddp", "fsdp"))
+    assert {tensor.dtype.itemsize for tensor in exported.values()} == {4}
+    assert all(exported[name].equal(fsdp_exported[name]) for name in fsdp_exported)
+
+    # A resume from step 4's checkpoint (the masters and AdamW's states) continues as if never stopped.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs["ddp"] / "random-init", resumed / "random-init")
+    shutil.copytree(runs["ddp"] / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
+    run_shardtune("train", f"output_dir={resumed}", *FAST, *ONE_RANK_BF16, "strategy=ddp", "resume=auto")
+    assert train_losses(resumed) == pytest.approx({step: losses[step] for step in range(5, 9)}, rel=1e-6)
