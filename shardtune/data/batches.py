@@ -31,15 +31,18 @@ class Collator:
         input_ids = torch.full((len(rows), padded_length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), padded_length), IGNORE_INDEX, dtype=torch.long)
         mask_or_positions = torch.zeros((len(rows), padded_length), dtype=torch.long)
+        # Filled through numpy views of the tensors: rows come as read-only numpy arrays (or lists), which
+        # torch.as_tensor would warn about.
+        ids_view, labels_view, extra_view = input_ids.numpy(), labels.numpy(), mask_or_positions.numpy()
         for i, row in enumerate(rows):
             length = len(row["input_ids"])
-            input_ids[i, :length] = torch.as_tensor(row["input_ids"])
-            labels[i, :length] = torch.as_tensor(row["labels"])
+            ids_view[i, :length] = row["input_ids"]
+            labels_view[i, :length] = row["labels"]
             if packed:
-                mask_or_positions[i, :length] = torch.as_tensor(row["position_ids"])
-                mask_or_positions[i, length:] = torch.arange(padded_length - length)
+                extra_view[i, :length] = row["position_ids"]
+                extra_view[i, length:] = range(padded_length - length)
             else:
-                mask_or_positions[i, :length] = 1
+                extra_view[i, :length] = 1
         num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
         return {"input_ids": input_ids, "labels": labels,
                 "position_ids" if packed else "attention_mask": mask_or_positions, "num_tokens": num_tokens}
