@@ -80,6 +80,27 @@ for part in "$@"; do
         timeout 90 python3 benchmarks/run.py qlora-ddp $B8 --extra $AC
       } >> "$OUT/lora-pairs.jsonl" 2>> "$OUT/lora-pairs.err"
       ;;
+    master-weights)
+      # The 1B full fine-tune on one GPU: DDP, which trains bf16 weights with fp32 masters on one rank, beside HF + Liger
+      # and FSDP2 (steps 8-9 profiled); then the GPU tests of that path side by side, and its micro batch trial alone.
+      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 90 python3 benchmarks/run.py full-ddp --extra "train.profile_steps=[8,9]"
+        timeout 90 python3 benchmarks/run.py full-fsdp
+      } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
+      tar czf "$OUT/profile.tgz" -C /tmp/bench 1b-full-ddp-x1/profile
+      mkdir -p "$OUT/logs"
+      for case in full-ddp "fp8 and ddp"; do
+        timeout 170 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k "$case" \
+          > "$OUT/logs/fast-path-${case// /-}.txt" 2>&1 &
+      done
+      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k full-ddp \
+        > "$OUT/logs/pairs-full-ddp.txt" 2>&1 &
+      wait
+      timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k full-ddp \
+        > "$OUT/logs/micro-batch-full-ddp.txt" 2>&1
+      tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
+      tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
+      ;;
     tests-rest)
       # The GPU tests the last side-by-side call did not finish, four at a time; then the micro batch trial alone
       # (it fills the GPU). Logs in one archive: the device call brings back only a few files.

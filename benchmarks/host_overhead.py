@@ -25,6 +25,8 @@ def build(wrapper: str):
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**CONFIG))
     if wrapper == "master-weights":  # DDP's full fine-tune on one rank
         return model, model, MasterWeights(model, "bf16")
+    if wrapper == "bf16":  # what master-weights computes, without its hooks and copies
+        return model.bfloat16(), model, None
     if wrapper == "ddp":
         return model, torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True,
                                                                 broadcast_buffers=False), None
@@ -66,7 +68,7 @@ def main() -> None:
                       WORLD_SIZE="1")
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    for wrapper in ("none", "ddp", "master-weights", "fsdp", "fsdp-kept-gathered", "fsdp-root-only"):
+    for wrapper in ("none", "ddp", "bf16", "master-weights", "fsdp", "fsdp-kept-gathered", "fsdp-root-only"):
         forward, backward, step = step_times(*build(wrapper))
         print(f"{wrapper:19s} forward {forward:6.1f} ms  backward {backward:6.1f} ms  clip+step {step:6.1f} ms  "
               f"total {forward + backward + step:6.1f} ms")

@@ -22,11 +22,15 @@ SHAPE = ["model.architecture.hidden_size=512", "model.architecture.intermediate_
 FSDP_RECOVERS = hasattr(FSDPModule, "reset_iter_state")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.skipif(
-    not FSDP_RECOVERS, reason=f"torch {torch.__version__} lacks FSDPModule.reset_iter_state"))])
-def test_the_trial_halves_a_micro_batch_that_cannot_fit(tmp_path, strategy):
+# full-ddp: one rank's master weights (trainer/master_weights.py) drop the fp32 gradients a failed trial summed.
+@pytest.mark.parametrize("method,strategy", [("lora", "ddp"), ("full", "ddp"), pytest.param(
+    "lora", "fsdp", marks=pytest.mark.skipif(not FSDP_RECOVERS,
+                                             reason=f"torch {torch.__version__} lacks FSDPModule.reset_iter_state"))],
+    ids=["lora-ddp", "full-ddp", "lora-fsdp"])
+def test_the_trial_halves_a_micro_batch_that_cannot_fit(tmp_path, method, strategy):
     run_dir = tmp_path / strategy
-    result = run_shardtune("train", "method=lora", f"strategy={strategy}", "method.dropout=0", *SHAPE,
+    no_dropout = ["method.dropout=0"] if method == "lora" else []
+    result = run_shardtune("train", f"method={method}", f"strategy={strategy}", *no_dropout, *SHAPE,
                            "train.seq_len=4096", "train.micro_batch_size=auto", "launcher.gpu_memory_gib=100000",
                            "launcher.nproc_per_node=1", "train.kernels=none", "train.max_steps=2",
                            "train.eval_interval=0", "train.save_final=false", f"output_dir={run_dir}")
