@@ -13,7 +13,8 @@ from omegaconf import MISSING
 
 @dataclass
 class DDPStrategyConfig:
-    """torch DistributedDataParallel: every rank holds the whole model."""
+    """torch DistributedDataParallel: every rank holds the whole model. A full fine-tune in 16-bit on one rank has
+    nothing to all-reduce and trains without the wrapper: 16-bit weights, fp32 master weights and gradients."""
     name: str = "ddp"
     bucket_cap_mb: int = 25
     static_graph: bool = False
