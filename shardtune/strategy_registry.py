@@ -13,11 +13,14 @@ from omegaconf import MISSING
 
 @dataclass
 class DDPStrategyConfig:
-    """torch DistributedDataParallel: every rank holds the whole model. A full fine-tune in 16-bit on one rank has
-    nothing to all-reduce and trains without the wrapper: 16-bit weights, fp32 master weights and gradients."""
+    """torch DistributedDataParallel: every rank holds the whole model. One rank has nothing to all-reduce and trains
+    without the wrapper; a full fine-tune in 16-bit there trains 16-bit weights with fp32 master weights and
+    gradients."""
     name: str = "ddp"
     bucket_cap_mb: int = 25
+    """Size of the gradient all-reduce buckets (several ranks; one rank has no wrapper)."""
     static_graph: bool = False
+    """DDP's static_graph: the same parameters get gradients at every step (several ranks)."""
 
 
 @dataclass

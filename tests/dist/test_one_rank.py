@@ -1,5 +1,6 @@
-"""A full fine-tune in bf16 on one DDP rank trains bf16 weights with fp32 masters (trainer/master_weights.py): FSDP2's
-mixed precision on one rank, step for step, through gradient accumulation, a resume and the export."""
+"""DDP on one rank trains without the wrapper (nothing to all-reduce). A full fine-tune in bf16 there trains bf16 weights
+with fp32 masters (trainer/master_weights.py): FSDP2's mixed precision on one rank, step for step, through gradient
+accumulation, a resume and the export."""
 import shutil
 
 import pytest
@@ -30,3 +31,14 @@ def test_one_rank_ddp_full_trains_like_fsdp_mixed_precision(tmp_path):
     shutil.copytree(runs["ddp"] / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
     run_shardtune("train", f"output_dir={resumed}", *FAST, *ONE_RANK_BF16, "strategy=ddp", "resume=auto")
     assert train_losses(resumed) == pytest.approx({step: losses[step] for step in range(5, 9)}, rel=1e-6)
+
+
+def test_one_rank_ddp_lora_trains_without_the_wrapper(tmp_path):
+    result = run_shardtune("train", f"output_dir={tmp_path}", *FAST, "method=lora", "method.dropout=0", "strategy=ddp",
+                           "launcher.cpu_workers=1", "strategy.bucket_cap_mb=50")
+    output = result.stdout + result.stderr
+    assert "ddp on one rank: nothing to all-reduce, so no DDP wrapper" in output
+    assert "strategy.bucket_cap_mb and strategy.static_graph have no effect on one rank" in output
+    losses = train_losses(tmp_path)
+    assert losses[8] < losses[1] - 0.3, losses
+    assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
