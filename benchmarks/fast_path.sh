@@ -81,23 +81,23 @@ for part in "$@"; do
       } >> "$OUT/lora-pairs.jsonl" 2>> "$OUT/lora-pairs.err"
       ;;
     master-weights)
-      # The 1B full fine-tune on one GPU: DDP, which trains bf16 weights with fp32 masters on one rank, beside HF + Liger
-      # and FSDP2 (steps 8-9 profiled); then the GPU tests of that path side by side, and its micro batch trial alone.
+      # One GPU, where DDP now trains without the wrapper: the 1B full fine-tune (bf16 weights, fp32 masters) and 8B
+      # LoRA (checkpointed, compiled blocks), each right after HF + Liger's; then the GPU tests of the full fine-tune's
+      # new path, side by side.
       { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
-        timeout 90 python3 benchmarks/run.py full-ddp --extra "train.profile_steps=[8,9]"
-        timeout 90 python3 benchmarks/run.py full-fsdp
+        timeout 90 python3 benchmarks/run.py full-ddp
+        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 110 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+          train.activation_checkpointing=true method.dropout=0
       } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
-      tar czf "$OUT/profile.tgz" -C /tmp/bench 1b-full-ddp-x1/profile
       mkdir -p "$OUT/logs"
-      for case in full-ddp "fp8 and ddp"; do
-        timeout 170 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k "$case" \
-          > "$OUT/logs/fast-path-${case// /-}.txt" 2>&1 &
-      done
-      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k full-ddp \
-        > "$OUT/logs/pairs-full-ddp.txt" 2>&1 &
+      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-ddp \
+        > "$OUT/logs/fast-path-full-ddp.txt" 2>&1 &
+      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
+        > "$OUT/logs/pairs-ddp.txt" 2>&1 &
+      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k ddp \
+        > "$OUT/logs/micro-batch-ddp.txt" 2>&1 &
       wait
-      timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k full-ddp \
-        > "$OUT/logs/micro-batch-full-ddp.txt" 2>&1
       tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
       tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
       ;;
