@@ -84,13 +84,13 @@ for part in "$@"; do
       # One GPU, where DDP now trains without the wrapper: the 1B full fine-tune (bf16 weights, fp32 masters) and 8B
       # LoRA (checkpointed, compiled blocks), each right after HF + Liger's; then the GPU tests of the full fine-tune's
       # new path, side by side.
-      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
-        timeout 90 python3 benchmarks/run.py full-ddp
+      { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 80 python3 benchmarks/run.py full-ddp
         timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 110 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
           train.activation_checkpointing=true method.dropout=0
       } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
-      mkdir -p "$OUT/logs"
+      mkdir -p "$OUT/logs"  # written as they go: a call cut short still brings them back
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-ddp \
         > "$OUT/logs/fast-path-full-ddp.txt" 2>&1 &
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
