@@ -81,25 +81,26 @@ for part in "$@"; do
       } >> "$OUT/lora-pairs.jsonl" 2>> "$OUT/lora-pairs.err"
       ;;
     master-weights)
-      # One GPU, where DDP now trains without the wrapper: the 1B full fine-tune (bf16 weights, fp32 masters) and 8B
-      # LoRA (checkpointed, compiled blocks), each right after HF + Liger's; then the GPU tests of the full fine-tune's
-      # new path, side by side.
+      # One GPU, where DDP now trains without the wrapper: the 1B full fine-tune (bf16 weights, fp32 masters) right after
+      # HF + Liger's, the GPU tests of that path side by side, then 8B LoRA (checkpointed, compiled blocks) right after
+      # HF + Liger's, and the micro batch trials alone (they fill the GPU). Most wanted first: a call may be cut short,
+      # and what it wrote so far still comes back.
+      mkdir -p "$OUT/logs"
       { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
         timeout 80 python3 benchmarks/run.py full-ddp
-        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-          train.activation_checkpointing=true method.dropout=0
       } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
-      mkdir -p "$OUT/logs"  # written as they go: a call cut short still brings them back
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-ddp \
         > "$OUT/logs/fast-path-full-ddp.txt" 2>&1 &
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
         > "$OUT/logs/pairs-ddp.txt" 2>&1 &
       wait
+      { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+          train.activation_checkpointing=true method.dropout=0
+      } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
       timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k ddp \
-        > "$OUT/logs/micro-batch-ddp.txt" 2>&1  # alone: its trial fills the GPU
+        > "$OUT/logs/micro-batch-ddp.txt" 2>&1
       tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
-      tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
       ;;
     tests-rest)
       # The GPU tests the last side-by-side call did not finish, four at a time; then the micro batch trial alone
