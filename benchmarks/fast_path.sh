@@ -102,6 +102,12 @@ for part in "$@"; do
         > "$OUT/logs/micro-batch-ddp.txt" 2>&1
       tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
       ;;
+    1b-full-pair)
+      # The 1B full fine-tune on one-rank DDP (bf16 weights, fp32 masters) right after HF + Liger's: for a short call.
+      { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
+        timeout 80 python3 benchmarks/run.py full-ddp
+      } >> "$OUT/1b-full-pair.jsonl" 2>> "$OUT/1b-full-pair.err"
+      ;;
     tests-rest)
       # The GPU tests the last side-by-side call did not finish, four at a time; then the micro batch trial alone
       # (it fills the GPU). Logs in one archive: the device call brings back only a few files.
