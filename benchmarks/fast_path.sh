@@ -5,6 +5,11 @@
 set -u
 source "$(dirname "$0")/device_env.sh"
 EAGER="train.kernels=none train.compile=none"
+full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, fp32 masters) right after HF + Liger's
+  { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
+    timeout 80 python3 benchmarks/run.py full-ddp
+  } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
+}
 for part in "$@"; do
   case $part in
     1b)
@@ -53,21 +58,6 @@ for part in "$@"; do
         timeout 100 $EXPANDABLE python3 benchmarks/run.py lora-fsdp --extra method.dropout=0
       } >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
       ;;
-    ddp-pairs)
-      # One GPU, each shardtune case on DDP right after HF + Liger's: 1B full, 1B LoRA, 8B LoRA (activation
-      # checkpointing, compiled blocks). For a short device call; profiles of the 1B cases in one archive.
-      B8="--size 8b --steps 12 --micro-batch 2"
-      P="train.profile_steps=[8,9]"
-      { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
-        timeout 100 python3 benchmarks/run.py full-ddp --extra $P
-        timeout 80 python3 benchmarks/run.py --baseline 1b-lora --liger
-        timeout 90 python3 benchmarks/run.py lora-ddp --extra method.dropout=0 $P
-        timeout 130 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra train.activation_checkpointing=true \
-          method.dropout=0 train.compile=blocks
-      } >> "$OUT/ddp-pairs.jsonl" 2>> "$OUT/ddp-pairs.err"
-      tar czf "$OUT/profiles.tgz" -C /tmp/bench 1b-full-ddp-x1/profile 1b-lora-ddp-x1/profile
-      ;;
     lora-pairs)
       # LoRA on DDP right after HF + Liger's, 1B and 8B (activation checkpointing, compiled blocks), then 8B QLoRA.
       B8="--size 8b --steps 12 --micro-batch 2"
@@ -86,9 +76,7 @@ for part in "$@"; do
       # HF + Liger's, and the micro batch trials alone (they fill the GPU). Most wanted first: a call may be cut short,
       # and what it wrote so far still comes back.
       mkdir -p "$OUT/logs"
-      { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
-        timeout 80 python3 benchmarks/run.py full-ddp
-      } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
+      full_1b_pair master-weights
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-ddp \
         > "$OUT/logs/fast-path-full-ddp.txt" 2>&1 &
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
@@ -103,10 +91,7 @@ for part in "$@"; do
       tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
       ;;
     1b-full-pair)
-      # The 1B full fine-tune on one-rank DDP (bf16 weights, fp32 masters) right after HF + Liger's: for a short call.
-      { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
-        timeout 80 python3 benchmarks/run.py full-ddp
-      } >> "$OUT/1b-full-pair.jsonl" 2>> "$OUT/1b-full-pair.err"
+      full_1b_pair 1b-full-pair  # alone, for a short call
       ;;
     tests-rest)
       # The GPU tests the last side-by-side call did not finish, four at a time; then the micro batch trial alone

@@ -58,7 +58,8 @@ def step_times(model, forward, masters, steps: int = 12, warmup: int = 4):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if masters:
-            masters.stepped()
+            masters.drop_grads()
+            masters.refresh_copies()
         times.append((forward_done - start, backward_done - forward_done, time.perf_counter() - backward_done))
     return [statistics.median(column[warmup:]) * 1e3 for column in zip(*times)]
 

@@ -62,13 +62,12 @@ class MasterWeights:
                 param.grad = grad
             self.computing = False
 
-    def stepped(self) -> None:
-        """After the optimizer's step (which zeroed the gradients): copies from the updated masters."""
-        self.grads = [None] * len(self.params)
+    def refresh_copies(self) -> None:
+        """The 16-bit copies from the masters (after the optimizer's step, or a checkpoint's load)."""
         torch._foreach_copy_(self.copies, self.masters)
 
     def drop_grads(self) -> None:
-        """Forget the gradients summed so far (the micro batch trial's) and show the masters."""
+        """Forget the gradients summed so far (after a step; the micro batch trial's) and show the masters."""
         self.grads = [None] * len(self.params)
         self.show_masters()
         for param in self.params:

@@ -58,8 +58,8 @@ class DDPStrategy(Strategy):
         if self.masters is None:
             return super().step(skip_nonfinite)
         self.masters.show_masters()
-        grad_norm = super().step(skip_nonfinite)
-        self.masters.stepped()
+        grad_norm = super().step(skip_nonfinite)  # ends with zero_grad, which drops the summed gradients
+        self.masters.refresh_copies()
         return grad_norm
 
     def zero_grad(self):
@@ -75,7 +75,7 @@ class DDPStrategy(Strategy):
     def load(self, directory):
         super().load(directory)  # into the masters (_checkpoint_state shows them)
         if self.masters is not None:
-            self.masters.stepped()
+            self.masters.refresh_copies()
 
     def gather_state_dict(self):
         if self.masters is not None:
