@@ -6,8 +6,8 @@ set -u
 source "$(dirname "$0")/device_env.sh"
 EAGER="train.kernels=none train.compile=none"
 full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, fp32 masters) right after HF + Liger's
-  { timeout 90 python3 benchmarks/run.py --baseline 1b-full --liger
-    timeout 80 python3 benchmarks/run.py full-ddp
+  { timeout 100 python3 benchmarks/run.py --baseline 1b-full --liger
+    timeout 240 python3 benchmarks/run.py full-ddp
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
 for part in "$@"; do
