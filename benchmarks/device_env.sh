@@ -5,3 +5,7 @@ export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_M
        NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+# A pytest stopped by `timeout` leaves the shardtune run it started (a process of its own) holding the GPU, and a warm
+# machine keeps it into the next call: end whatever still computes there before measuring.
+free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 2; }
+free_gpu

@@ -11,6 +11,7 @@ full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, f
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
 for part in "$@"; do
+  free_gpu
   case $part in
     1b)
       timeout 150 python3 benchmarks/run.py full-fsdp >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
@@ -79,14 +80,15 @@ for part in "$@"; do
       full_1b_pair master-weights
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-ddp \
         > "$OUT/logs/fast-path-full-ddp.txt" 2>&1 &
-      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_pairs.py -k "full-ddp or lora-ddp" \
         > "$OUT/logs/pairs-ddp.txt" 2>&1 &
       wait
+      free_gpu
       { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
         timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
           train.activation_checkpointing=true method.dropout=0
       } >> "$OUT/master-weights.jsonl" 2>> "$OUT/master-weights.err"
-      timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k ddp \
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_micro_batch.py -k ddp \
         > "$OUT/logs/micro-batch-ddp.txt" 2>&1
       tail -n 3 "$OUT"/logs/*.txt > "$OUT/summary.txt"
       ;;
