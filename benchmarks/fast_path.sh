@@ -139,8 +139,8 @@ for part in "$@"; do
       } >> "$OUT/1b-full-options.jsonl" 2>> "$OUT/1b-full-options.err"
       ;;
     memory-peaks)
-      # What is alive at the peak: 8B LoRA with checkpointed blocks (0.16-0.30 GiB above HF + Liger's 17.57 GiB), and
-      # the 1B full fine-tune on DDP (35.3 GiB against HF + Liger's 29.7 with the same fp32 weights under autocast).
+      # What is alive at the peak, and the kernels' times: 8B LoRA with checkpointed blocks (at HF + Liger's 17.57 GiB,
+      # 1.34x where the bar asks 1.40x), and the 1B full fine-tune on one-rank DDP (master weights, 26.3 GiB).
       B8="--size 8b --steps 8 --micro-batch 2"
       P="train.profile_steps=[5,6]"
       { timeout 120 python3 benchmarks/run.py lora-ddp $B8 --extra train.activation_checkpointing=true \
@@ -150,6 +150,8 @@ for part in "$@"; do
       for run in 8b-lora-ddp-x1 1b-full-ddp-x1; do
         echo "== $run" >> "$OUT/memory-peaks.txt"
         python3 benchmarks/memory_peak.py "/tmp/bench/$run/profile/rank0-memory.pickle" >> "$OUT/memory-peaks.txt" 2>&1
+        # Where the step's GPU time goes (the 8B LoRA bar lacks 5%: which kernels beyond the matmuls?)
+        { echo "== $run"; cat "/tmp/bench/$run/profile/rank0-top.txt"; } >> "$OUT/kernel-times.txt" 2>&1
       done
       ;;
     8b-eager)
