@@ -14,8 +14,6 @@ After the step the copies are refreshed from the masters in one multi-tensor cop
 """
 import torch
 
-from ..precision import DTYPES
-
 
 def applies(strategy_kind: str, method: str, world_size: int, precision: str) -> bool:
     """Whether a run trains this way: a full fine-tune in 16-bit on DDP with one rank. (Several ranks keep DDP's
@@ -24,10 +22,10 @@ def applies(strategy_kind: str, method: str, world_size: int, precision: str) ->
 
 
 class MasterWeights:
-    def __init__(self, model: torch.nn.Module, precision: str):
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
         self.params = list(model.parameters())  # tied weights once
         self.masters = [p.data for p in self.params]  # as loaded: fp32 (model.load_dtype)
-        self.copies = [master.to(DTYPES[precision]) for master in self.masters]
+        self.copies = [master.to(dtype) for master in self.masters]
         self.grads = [None] * len(self.params)  # fp32, summed over the micro-batches of a step
         for index, param in enumerate(self.params):
             if param.requires_grad:

@@ -21,7 +21,7 @@ class DDPStrategy(Strategy):
         self.module = model
         self.masters = None
         if master_weights.applies("ddp", self.cfg.method.name, dist.get_world_size(), self.cfg.train.precision):
-            self.masters = master_weights.MasterWeights(model, self.cfg.train.precision)
+            self.masters = master_weights.MasterWeights(model, self.dtype)
         elif self.dtype != torch.float32:  # forward runs under autocast (Strategy.autocast)
             keep_adapter_inputs_as_they_come(model)
         if dist.get_world_size() == 1:
