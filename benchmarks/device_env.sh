@@ -6,6 +6,7 @@ export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} NCCL_NVLS_ENABLE=0 TORCH_SYMM_M
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # A pytest stopped by `timeout` leaves the shardtune run it started (a process of its own) holding the GPU, and a warm
-# machine keeps it into the next call: end whatever still computes there before measuring.
+# machine keeps it into the next call: end whatever still computes there before measuring (so run these scripts
+# one after another in a call, never side by side).
 free_gpu() { nvidia-smi --query-compute-apps=pid --format=csv,noheader | xargs -r kill -9; sleep 2; }
 free_gpu
