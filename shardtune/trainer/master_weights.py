@@ -60,6 +60,9 @@ class MasterWeights:
                 param.grad = grad
             self.computing = False
 
+    def copies_bytes(self) -> int:
+        return sum(copy.numel() * copy.element_size() for copy in self.copies)
+
     def refresh_copies(self) -> None:
         """The 16-bit copies from the masters (after the optimizer's step, or a checkpoint's load)."""
         torch._foreach_copy_(self.copies, self.masters)

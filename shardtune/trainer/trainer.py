@@ -27,7 +27,7 @@ from ..strategy_registry import strategy_spec
 from .. import attention
 from . import activations, checkpoint, collectives, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
 from .profiling import StepProfiler
-from .metrics import (MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
+from .metrics import (GIB, MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
 from .model import count_parameters, decoder_layers, model_source
 from .optim import make_optimizer_factory, make_scheduler_factory
@@ -136,7 +136,7 @@ class Trainer:
         optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
         self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),
                            make_scheduler_factory(cfg.optim, self.total_steps))
-        self.weights_gib = parameter_gib(self.strategy.model)
+        self.weights_gib = parameter_gib(self.strategy.model) + self.strategy.weight_copies_bytes() / GIB
         # The loading peak, kept apart from training's: sharded loading must stay below the steady state.
         self.load_memory = memory_stats(self.device) if self.device.type == "cuda" else {}
 

@@ -7,6 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import FAST, run_shardtune, train_losses
+from shardtune.run_dir import read_summary
 
 ONE_RANK_BF16 = ["method=full", "launcher.cpu_workers=1", "train.precision=bf16", "train.grad_accum=2",
                  "train.save_interval=4"]
@@ -24,6 +25,9 @@ def test_one_rank_ddp_full_trains_like_fsdp_mixed_precision(tmp_path):
     exported, fsdp_exported = (load_file(runs[s] / "final" / "model.safetensors") for s in ("ddp", "fsdp"))
     assert {tensor.dtype.itemsize for tensor in exported.values()} == {4}
     assert all(exported[name].equal(fsdp_exported[name]) for name in fsdp_exported)
+    # The weights the rank reports holding: the fp32 masters and the bf16 copies, 6 bytes a parameter (FSDP2's 4).
+    params = sum(tensor.numel() for tensor in exported.values())
+    assert read_summary(runs["ddp"])["weights_gib_per_rank"] == [pytest.approx(params * 6 / 2**30)]
 
     # A resume from step 4's checkpoint (the masters and AdamW's states) continues as if never stopped.
     resumed = tmp_path / "resumed"

@@ -118,6 +118,10 @@ class Strategy:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def weight_copies_bytes(self) -> int:
+        """Bytes of weight copies this rank keeps beside its parameters (for the weights it reports holding)."""
+        return 0
+
     # -- checkpoints (torch.distributed.checkpoint: each rank writes its own shards) ------------
     def prepare_resume(self, directory: Path, saved_world_size: int) -> None:
         """Called before the model is built when the run resumes from `directory`, written on `saved_world_size`

@@ -67,6 +67,9 @@ class DDPStrategy(Strategy):
         if self.masters is not None:
             self.masters.drop_grads()
 
+    def weight_copies_bytes(self):
+        return 0 if self.masters is None else self.masters.copies_bytes()
+
     def _checkpoint_state(self):
         if self.masters is not None:
             self.masters.show_masters()  # checkpoints hold the fp32 masters, as DDP's do
