@@ -12,7 +12,8 @@ pool (each command starts its own), nothing another command could see.
 
 tests/conftest.py's run_shardtune runs every command of the suite through one server per pytest worker.
 
-The server reads one JSON request a line on stdin and answers one JSON line on stdout.
+The server reads one JSON request a line on stdin and answers one JSON line on stdout. When the test process ends
+first, the command under way gets SIGTERM, as from a scheduler: its run stops its workers.
 """
 import json
 import logging
@@ -28,9 +29,12 @@ from pathlib import Path
 PRELOADED = ("torch", "transformers", "datasets", "peft", "hydra", "shardtune.cli", "shardtune.launcher.launch",
              "shardtune.launcher.memory", "shardtune.data.preview", "shardtune.evaluation.command", "shardtune.export")
 
+RUNNING = []  # the process of the command under way
+
 
 def serve() -> None:
     import importlib
+    stop_with_parent()
     channel = os.fdopen(os.dup(1), "w")  # the replies; not inherited by the programs commands start
     os.dup2(2, 1)  # what libraries print (bitsandbytes prints while importing) goes to stderr, not among the replies
     for module in PRELOADED:
@@ -42,35 +46,66 @@ def serve() -> None:
     forks = not torch.cuda.is_initialized()
     for line in sys.stdin:
         request = json.loads(line)
-        if not forks:
-            channel.write(json.dumps(run_in_fresh_process(request)) + "\n")
-            channel.flush()
-            continue
-        with tempfile.TemporaryDirectory() as outputs:
-            paths = [Path(outputs) / "stdout", Path(outputs) / "stderr"]
-            channel.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                run_command(request, paths)  # does not return
-            _, status = os.waitpid(pid, 0)
-            reply = {"returncode": os.waitstatus_to_exitcode(status),
-                     **{path.name: path.read_text(errors="replace") if path.exists() else "" for path in paths}}
-        channel.write(json.dumps(reply) + "\n")
         channel.flush()
+        reply = run_in_fork(request) if forks else run_in_fresh_process(request)
+        try:
+            channel.write(json.dumps(reply) + "\n")
+            channel.flush()
+        except BrokenPipeError:  # the test process is gone
+            return
+
+
+def run_in_fork(request: dict) -> dict:
+    """The command in a fork of this server, which has done the imports."""
+    with tempfile.TemporaryDirectory() as outputs:
+        paths = [Path(outputs) / "stdout", Path(outputs) / "stderr"]
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command's own, as in a fresh process
+            run_command(request, paths)  # does not return
+        RUNNING[:] = [pid]
+        _, status = os.waitpid(pid, 0)
+        RUNNING.clear()
+        return {"returncode": os.waitstatus_to_exitcode(status),
+                **{path.name: path.read_text(errors="replace") if path.exists() else "" for path in paths}}
+
+
+def stop_with_parent() -> None:
+    """When pytest ends before a command does (a `timeout` around it stops pytest alone), SIGTERM the command, which
+    stops its workers as a scheduler's SIGTERM would: otherwise the run keeps going, holding its GPU."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the parent ends
+    except (AttributeError, OSError):  # not Linux
+        return
+    signal.signal(signal.SIGTERM, lambda signum, frame: pass_on(signum))
+
+
+def pass_on(signum: int) -> None:
+    for pid in RUNNING:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def run_in_fresh_process(request: dict) -> dict:
     """The command as the `shardtune` console script runs it, in a new interpreter."""
+    command = subprocess.Popen([sys.executable, "-m", "shardtune.cli", *request["args"]], cwd=request["cwd"],
+                               env={**os.environ, **(request.get("env") or {})}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    RUNNING[:] = [command.pid]
     try:
-        result = subprocess.run([sys.executable, "-m", "shardtune.cli", *request["args"]], cwd=request["cwd"],
-                                env={**os.environ, **(request.get("env") or {})}, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, errors="replace", timeout=request["timeout"])
-    except subprocess.TimeoutExpired as expired:  # as SIGALRM ends a forked command; the output comes as bytes
-        return {"returncode": -signal.SIGALRM,
-                **{name: (output or b"").decode(errors="replace") if isinstance(output, bytes) else output or ""
-                   for name, output in (("stdout", expired.stdout), ("stderr", expired.stderr))}}
-    return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+        stdout, stderr = command.communicate(timeout=request["timeout"])
+        returncode = command.returncode
+    except subprocess.TimeoutExpired:  # as SIGALRM ends a forked command
+        command.terminate()  # SIGTERM: the launcher stops its workers first (a kill would leave them running)
+        stdout, stderr = command.communicate()
+        returncode = -signal.SIGALRM
+    finally:
+        RUNNING.clear()
+    return {"returncode": returncode, "stdout": stdout, "stderr": stderr}
 
 
 def run_command(request: dict, paths: list) -> None:
