@@ -101,7 +101,11 @@ def run_in_fresh_process(request: dict) -> dict:
         returncode = command.returncode
     except subprocess.TimeoutExpired:  # as SIGALRM ends a forked command
         command.terminate()  # SIGTERM: the launcher stops its workers first (a kill would leave them running)
-        stdout, stderr = command.communicate()
+        try:
+            stdout, stderr = command.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            command.kill()
+            stdout, stderr = command.communicate()
         returncode = -signal.SIGALRM
     finally:
         RUNNING.clear()
