@@ -11,7 +11,6 @@ full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, f
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
 for part in "$@"; do
-  free_gpu
   case $part in
     1b)
       timeout 150 python3 benchmarks/run.py full-fsdp >> "$OUT/1b.jsonl" 2>> "$OUT/1b.err"
@@ -205,5 +204,6 @@ for part in "$@"; do
       tail -n 3 "$OUT"/fast-path-*.txt "$OUT/pairs.txt"
       ;;
   esac
+  free_gpu  # what a timed-out test of this part left (device_env.sh ended what came before)
 done
 echo done
