@@ -33,7 +33,9 @@ def test_stopped_rank_fails_the_others_within_the_timeout_and_the_run_resumes(tm
                        r"rank 1 \(its last heartbeat in step (\d+)\)", result.stderr)
     assert failed, result.stderr[-4000:]
     step, last_heartbeat_step = int(failed.group(1)), int(failed.group(4))
-    assert 4 <= step <= 8 and 4 <= last_heartbeat_step <= step  # a heartbeat lags the steps by up to 0.2 s
+    # The stop lands just after step 4's save, and the last beat may be one interval (0.2 s) older than that: from
+    # step 3 (seen once under a full make test, where step 4 and its save took less than an interval).
+    assert 4 <= step <= 8 and 3 <= last_heartbeat_step <= step
     # A training step's collective, unless the stop landed in a save, where the long timeout applies: step 4's (its
     # last barrier, after the COMPLETE marker the test waits for: on a busy machine rank 1 may not be past it yet)
     # or step 8's.
