@@ -100,6 +100,18 @@ for part in "$@"; do
           train.activation_checkpointing=true
       } >> "$OUT/8b-fastest.jsonl" 2>> "$OUT/8b-fastest.err"
       ;;
+    8b-fused)
+      # 8B LoRA, checkpointed, right after HF + Liger's: fused LoRA layers (train.lora_kernel=auto: fused on CUDA)
+      # and peft's forward; then one 8B-shaped block, peft's layers against fused ones (benchmarks/lora_block.py).
+      B8="--size 8b --steps 12 --micro-batch 2"
+      AC="train.activation_checkpointing=true method.dropout=0"
+      { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC
+        timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.lora_kernel=peft
+        free_gpu
+        timeout 90 python3 benchmarks/lora_block.py --out "$OUT" lora lora-fused
+      } >> "$OUT/8b-fused.jsonl" 2>> "$OUT/8b-fused.err"
+      ;;
     1b-full-pair)
       full_1b_pair 1b-full-pair  # alone, for a short call
       ;;

@@ -296,6 +296,11 @@ class TrainConfig:
     a whole sequence are never materialised, in training or evaluation); none: transformers' own modules; auto:
     liger on CUDA for the architectures it is used with here (llama, mistral, qwen2, qwen3) when liger-kernel is
     installed, none elsewhere (the log says why once)."""
+    lora_kernel: str = "auto"
+    """LoRA layers' matmuls. fused: each plain LoRA layer (one adapter over an nn.Linear, no DoRA) is one operator
+    that adds the adapters' product in the epilogue of the base matmul, and its input gradient likewise, instead of
+    peft's separate add (shardtune/trainer/fused_lora.py); peft: peft's forward; auto: fused on CUDA for method=lora,
+    peft elsewhere (QLoRA's 4-bit layers and DoRA keep peft's forward; the log says why once)."""
     compile: str = "auto"
     """torch.compile. blocks: each decoder layer compiled on its own (as torchtitan does; compile errors are raised,
     never a silent fall-back to eager); none: eager; auto: blocks on CUDA for Llama-like models (llama, mistral,

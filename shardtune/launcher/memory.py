@@ -384,7 +384,7 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
     activations, offloaded_activations, activations_note = _activations(
         config, cfg, precision, ddp_autocast_full or compute_bytes == 4, attention_implementation(cfg, run.device))
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    fast = fast_path.choose(cfg.train, run.device, config.model_type)
+    fast = fast_path.choose(cfg.train, cfg.method, run.device, config.model_type)
     if fast.fused_loss:
         # Liger's fused linear cross-entropy: logits only for a chunk of the tokens at a time (about b*s*h of them),
         # and the fp32 gradients of the hidden states and, when the head trains, of the head.

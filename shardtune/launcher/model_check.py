@@ -50,7 +50,7 @@ def check_model(cfg):
         raise ConfigError("model.name_or_path" if pretrained else "model.architecture",
                           f"not a causal language model transformers can build: {str(error).splitlines()[0]}") from error
     # Refuses a part of the fast path this run cannot have.
-    fast_path.choose(cfg.train, cfg.launcher.device, config.model_type)
+    fast_path.choose(cfg.train, cfg.method, cfg.launcher.device, config.model_type)
     adapters = 0 if cfg.method.name == "full" else counts.trainable  # counted as the workers count: base + adapters
     log.info("model %s (%s): %s, %s params (%s trainable with method=%s); tokenizer %s (%d tokens)",
              model_cfg.name, weights_origin(model_cfg), config.model_type, f"{counts.total + adapters:,}", f"{counts.trainable:,}",

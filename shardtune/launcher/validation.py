@@ -26,7 +26,7 @@ from ..strategy_registry import STRATEGIES, strategies_for, strategy_spec
 from ..trainer.activations import POLICIES as CHECKPOINT_POLICIES
 from .. import attention
 from ..trainer import fp8
-from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES
+from ..trainer.fast_path import COMPILE_CHOICES, KERNEL_CHOICES, LORA_KERNEL_CHOICES
 from ..trainer.fp8 import CHOICES as FP8_CHOICES
 from ..trainer.micro_batch_trial import TRIAL_STRATEGY_KINDS
 
@@ -302,6 +302,9 @@ def _validate_train(train, device_type: str, world_size: int) -> None:
         raise ConfigError("train.precision", "fp16 needs a GPU; use bf16 or fp32 on CPU")
     if train.kernels not in KERNEL_CHOICES:
         raise ConfigError("train.kernels", f"expected one of {', '.join(KERNEL_CHOICES)}, got {train.kernels!r}")
+    if train.lora_kernel not in LORA_KERNEL_CHOICES:
+        raise ConfigError("train.lora_kernel",
+                          f"expected one of {', '.join(LORA_KERNEL_CHOICES)}, got {train.lora_kernel!r}")
     if train.compile not in COMPILE_CHOICES:
         raise ConfigError("train.compile", f"expected one of {', '.join(COMPILE_CHOICES)}, got {train.compile!r}")
     if train.fp8 not in FP8_CHOICES:

@@ -1,17 +1,22 @@
-"""The fast path: fused kernels (Liger-Kernel) and torch.compile per decoder block, as train.kernels and
-train.compile ask; `auto` picks each part where the device and the model support it and says why not elsewhere.
+"""The fast path: fused kernels (Liger-Kernel), fused LoRA layers and torch.compile per decoder block, as
+train.kernels, train.lora_kernel and train.compile ask; `auto` picks each part where the device and the model support
+it and says why not elsewhere.
 
 `choose` is pure (the launcher's plan and validation call it too); `apply` changes a built model in place before the
 strategy wraps it, so that DDP, FSDP2 and DeepSpeed all wrap the fast modules.
 """
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 KERNEL_CHOICES = ("auto", "liger", "none")
 COMPILE_CHOICES = ("auto", "blocks", "none")
+LORA_KERNEL_CHOICES = ("auto", "fused", "peft")
 # Architectures whose Liger patch (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy over lm_head) is used here.
 LIGER_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
@@ -27,6 +32,7 @@ LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
 class FastPath:
     liger: bool
     compile_blocks: bool
+    fused_lora: bool = False
     why_not: Tuple[str, ...] = ()  # why a part `auto` would pick is off
 
     @property
@@ -45,6 +51,8 @@ class FastPath:
     def describe(self) -> str:
         kernels = f"liger ({', '.join(self.liger_kernels)})" if self.liger else "none"
         text = f"kernels: {kernels}; compile: {'per block' if self.compile_blocks else 'none'}"
+        if self.fused_lora:
+            text += "; lora: fused"
         return text + (f" ({'; '.join(self.why_not)})" if self.why_not else "")
 
 
@@ -52,7 +60,7 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def choose(train_cfg, device_type: str, model_type: str) -> FastPath:
+def choose(train_cfg, method_cfg, device_type: str, model_type: str) -> FastPath:
     """The parts of the fast path this run uses. A part asked for by name that this device or model cannot have is
     refused (ConfigError); `auto` turns such a part off and records why."""
     why_not = []
@@ -78,17 +86,40 @@ def choose(train_cfg, device_type: str, model_type: str) -> FastPath:
         compile_blocks = unmeasured is None
         if unmeasured:
             why_not.append(f"compile off: {unmeasured}")
-    return FastPath(liger, compile_blocks, tuple(why_not))
+    fused_lora = _choose_lora_kernel(train_cfg.lora_kernel, method_cfg, device_type, why_not)
+    return FastPath(liger, compile_blocks, fused_lora, tuple(why_not))
+
+
+def _choose_lora_kernel(asked: str, method_cfg, device_type: str, why_not: list) -> bool:
+    if asked == "peft" or method_cfg.name == "full":
+        return False
+    missing = ("not for QLoRA (its 4-bit layers keep peft's forward)" if method_cfg.name == "qlora"
+               else "not for DoRA (method.use_dora)" if method_cfg.use_dora
+               else "auto fuses on CUDA only" if asked == "auto" and device_type != "cuda"
+               else None)
+    if missing and asked == "fused":
+        raise ConfigError("train.lora_kernel", f"fused: {missing}")
+    if missing:
+        why_not.append(f"fused LoRA off: {missing}")
+    return missing is None
 
 
 def apply(model, fast_path: FastPath, decoder_layers) -> None:
-    """Patch `model` (transformers or peft) in place: Liger's modules and loss, then compile each decoder block."""
+    """Patch `model` (transformers or peft) in place: Liger's modules and loss, fused LoRA layers, then compile each
+    decoder block."""
     if fast_path.liger:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         in_blocks = "rms_norm" in fast_path.liger_kernels
         _apply_liger_kernel_to_instance(model=base, rope=in_blocks, rms_norm=in_blocks, swiglu=in_blocks,
                                         cross_entropy=False, fused_linear_cross_entropy=True)
+    if fast_path.fused_lora:
+        from . import fused_lora
+        from .model import lora_layers
+        layers = lora_layers(model)
+        fused = fused_lora.fuse(layers)
+        if fused < len(layers):  # a layer peft adapts that is not a plain nn.Linear (a 1-D convolution, say)
+            log.warning("fused LoRA: %d of %d LoRA layers; the others keep peft's forward", fused, len(layers))
     if fast_path.compile_blocks:
         import torch._dynamo
         layers = decoder_layers(model)

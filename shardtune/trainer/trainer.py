@@ -128,7 +128,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model = self.strategy.build_model(source)
         self.model_config = model.config
-        self.fast_path = fast_path.choose(cfg.train, self.device.type, model.config.model_type)
+        self.fast_path = fast_path.choose(cfg.train, cfg.method, self.device.type, model.config.model_type)
         if self.fast_path.fused_loss:
             self.strategy.expose_head_to_fused_loss(model)
         fast_path.apply(model, self.fast_path, decoder_layers)

@@ -10,11 +10,15 @@ from conftest import compose_cfg, run_shardtune
 
 
 def train(**values):
-    return OmegaConf.create({"kernels": "auto", "compile": "auto", "activation_checkpointing": False, **values})
+    return OmegaConf.create({"kernels": "auto", "compile": "auto", "lora_kernel": "auto", "activation_checkpointing": False,
+                             **values})
+
+
+FULL = OmegaConf.create({"name": "full", "use_dora": False})  # LoRA's fused layers: tests/unit/test_fused_lora.py
 
 
 def test_auto_is_off_on_cpu_and_says_why():
-    fast = choose(train(), "cpu", "llama")
+    fast = choose(train(), FULL, "cpu", "llama")
     assert not fast.liger and not fast.compile_blocks
     assert fast.describe() == ("kernels: none; compile: none (liger kernels off: needs a CUDA GPU; "
                                "compile off: needs a CUDA GPU)")
@@ -24,28 +28,29 @@ def test_auto_on_cuda_skips_architectures_liger_is_not_used_with(monkeypatch):
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: True)
     # Compiled blocks fuse the norms, RoPE and SwiGLU themselves; Liger keeps the loss.
     for checkpointing in (False, True):  # every method alike: full, LoRA, QLoRA
-        assert choose(train(activation_checkpointing=checkpointing), "cuda", "llama").describe() == (
+        assert choose(train(activation_checkpointing=checkpointing), FULL, "cuda", "llama").describe() == (
             "kernels: liger (fused linear cross-entropy); compile: per block")
-    gpt2 = choose(train(), "cuda", "gpt2")
+    gpt2 = choose(train(), FULL, "cuda", "gpt2")
     assert not gpt2.liger and not gpt2.compile_blocks and "model_type 'gpt2'" in gpt2.describe()
     assert "auto compiles llama, mistral, qwen2, qwen3 blocks only" in gpt2.describe()
 
 
 def test_liger_by_name_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(ConfigError, match="train.kernels.*needs a CUDA GPU"):
-        choose(train(kernels="liger"), "cpu", "llama")
+        choose(train(kernels="liger"), FULL, "cpu", "llama")
     monkeypatch.setattr("shardtune.trainer.fast_path.liger_installed", lambda: False)
     with pytest.raises(ConfigError, match="train.kernels.*liger-kernel is not installed"):
-        choose(train(kernels="liger"), "cuda", "llama")
+        choose(train(kernels="liger"), FULL, "cuda", "llama")
 
 
 def test_none_turns_each_part_off_without_a_reason():
-    assert choose(train(kernels="none", compile="none"), "cuda", "llama").describe() == "kernels: none; compile: none"
+    assert choose(train(kernels="none", compile="none"), FULL, "cuda", "llama").describe() == "kernels: none; compile: none"
 
 
 def test_unknown_values_and_liger_on_cpu_are_refused_before_workers_start(tmp_path):
     for setting, message in [("train.kernels=fast", "train.kernels: expected one of auto, liger, none"),
                              ("train.compile=yes", "train.compile: expected one of auto, blocks, none"),
+                             ("train.lora_kernel=yes", "train.lora_kernel: expected one of auto, fused, peft"),
                              ("train.kernels=liger", "train.kernels: liger needs a CUDA GPU")]:
         result = run_shardtune("train", setting, f"output_dir={tmp_path / 'run'}", check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

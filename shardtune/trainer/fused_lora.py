@@ -1,0 +1,103 @@
+"""LoRA layers as one operator each (train.lora_kernel=fused): y = x Wᵀ + b + s (x Aᵀ) Bᵀ with the adapters' product
+added in the epilogue of the cuBLAS matmul that adds it (addmm, beta=1), and in backward the input gradient
+dx = dy W + s (dy B) A the same way.
+
+Why: peft computes the adapters' product as a tensor of its own and adds it to the base output in a separate
+kernel. Under torch.compile the add is fused into the next pointwise kernel (SwiGLU, RoPE, the residual add), which
+then reads two output-sized tensors instead of one, in forward, in the recompute of checkpointed blocks, and in
+backward; the compiler undoes a plain addmm whose users are pointwise (it prefers the fused add), so the matmuls
+live in custom operators it cannot split. Measured on an H100 (benchmarks/lora_block.py, Llama-3 8B shapes, micro
+batch 2 x 2048, checkpointed compiled blocks): peft's LoRA cost 1.8 ms per layer and step over the frozen base.
+
+Only plain layers are fused: peft's `lora.Linear` over an `nn.Linear` with one adapter, without DoRA and not merged;
+the others keep peft's forward. The base weight and bias must be frozen (they are, under LoRA).
+"""
+import types
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+@torch.library.custom_op("shardtune::lora_linear", mutates_args=())
+def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_x: Tensor, lora_a: Tensor, lora_b: Tensor,
+                scale: float) -> Tuple[Tensor, Tensor]:
+    """(x Wᵀ + b + scale (lora_x Aᵀ) Bᵀ, lora_x Aᵀ) for 2-D x and lora_x (lora_x is x, or x after dropout)."""
+    lora_xa = lora_x @ lora_a.t()
+    out = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+    return out.addmm_(lora_xa, lora_b.t(), alpha=scale), lora_xa
+
+
+@lora_linear.register_fake
+def _(x, weight, bias, lora_x, lora_a, lora_b, scale):
+    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
+
+
+@torch.library.custom_op("shardtune::lora_linear_input_grad", mutates_args=())
+def lora_linear_input_grad(grad: Tensor, weight: Tensor, grad_xa: Tensor, lora_a: Tensor) -> Tensor:
+    """dy W + (s dy B) A, given grad_xa = s dy B: the input's gradient when the adapters read the same input."""
+    return (grad @ weight).addmm_(grad_xa, lora_a)
+
+
+@lora_linear_input_grad.register_fake
+def _(grad, weight, grad_xa, lora_a):
+    return grad.new_empty(grad.shape[0], weight.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _, lora_x, lora_a, lora_b, scale = inputs
+    ctx.scale = scale
+    ctx.shared_input = lora_x is x
+    ctx.save_for_backward(weight, lora_x, lora_a, lora_b, output[1])
+
+
+def _backward(ctx, grad, _grad_xa_output):
+    weight, lora_x, lora_a, lora_b, lora_xa = ctx.saved_tensors
+    grad_xa = (grad @ lora_b).mul_(ctx.scale)  # s dy B: tokens x rank
+    if ctx.shared_input:
+        grad_x, grad_lora_x = lora_linear_input_grad(grad, weight, grad_xa, lora_a), None
+    else:  # dropout between: its own gradient, which autograd carries back through the dropout
+        grad_x, grad_lora_x = grad @ weight, grad_xa @ lora_a
+    grad_a = grad_xa.t() @ lora_x
+    grad_b = (grad.t() @ lora_xa).mul_(ctx.scale)
+    return grad_x, None, None, grad_lora_x, grad_a, grad_b, None
+
+
+lora_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fusable(layer) -> bool:
+    """Whether this peft LoRA layer is a plain one the fused operator computes exactly."""
+    from peft.tuners.lora.layer import Linear
+    base = layer.get_base_layer()
+    return (type(layer) is Linear and type(base) is torch.nn.Linear and len(layer.lora_A) == 1
+            and not layer.lora_variant and not layer.merged and not base.weight.requires_grad
+            and (base.bias is None or not base.bias.requires_grad)
+            and all(b.bias is None for b in layer.lora_B.values()) and all(a.bias is None for a in layer.lora_A.values()))
+
+
+def fuse(layers) -> int:
+    """Give each plain LoRA layer of `layers` ((name, layer) pairs) the fused forward; the number fused."""
+    fused = 0
+    for _, layer in layers:
+        if fusable(layer):
+            layer.forward = types.MethodType(_fused_forward, layer)
+            fused += 1
+    return fused
+
+
+def _fused_forward(layer, x: Tensor, *args, **kwargs) -> Tensor:
+    """The fused operator while the layer's one adapter is active; peft's forward otherwise (adapters disabled or
+    merged, mixed-batch adapter names)."""
+    adapter = next(iter(layer.lora_A))
+    if args or kwargs or layer.disable_adapters or layer.merged or list(layer.active_adapters) != [adapter]:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    base = layer.get_base_layer()
+    # Autocast does not see inside custom operators: cast here as it would, to its dtype.
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+    bias = None if base.bias is None else base.bias.to(dtype)
+    out, _ = lora_linear(x2, base.weight.to(dtype), bias, layer.lora_dropout[adapter](x2),
+                         layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype),
+                         float(layer.scaling[adapter]))
+    return out.reshape(*x.shape[:-1], out.shape[-1])

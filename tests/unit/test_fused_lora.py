@@ -1,0 +1,88 @@
+"""train.lora_kernel=fused: each plain peft LoRA layer becomes one operator (the adapters' product added in the base
+matmul's epilogue) with the same values and gradients as peft's forward, falling back to peft's forward where the
+layer is not plain or its adapter is not simply active; auto fuses on CUDA for method=lora only."""
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from shardtune.errors import ConfigError
+from shardtune.trainer.fast_path import choose
+from shardtune.trainer.fused_lora import fuse
+from shardtune.trainer.model import lora_layers
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256)
+
+
+def peft_model(model_type: str = "llama", dropout: float = 0.0, **lora):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **TINY))
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
+                                            **lora))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would hide a wrong product or gradient
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+def loss_and_grads(model, ids):
+    torch.manual_seed(1)  # the same dropout masks
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
+
+
+@pytest.mark.parametrize("model_type,dropout", [("llama", 0.0), ("llama", 0.1), ("qwen2", 0.0)])  # qwen2: q/k/v bias
+def test_fused_layers_give_peft_values_and_gradients(model_type, dropout):
+    reference = peft_model(model_type, dropout)
+    fused = copy.deepcopy(reference)
+    assert fuse(lora_layers(fused)) == len(lora_layers(fused)) == 14
+    ids = torch.randint(0, TINY["vocab_size"], (2, 16))
+    loss, grads = loss_and_grads(reference, ids)
+    fused_loss, fused_grads = loss_and_grads(fused, ids)
+    assert fused_loss == pytest.approx(loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_disabled_or_merged_adapters_take_peft_forward():
+    model = peft_model()
+    fuse(lora_layers(model))
+    ids = torch.randint(0, TINY["vocab_size"], (1, 8))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+    assert not torch.allclose(adapted, base, atol=1e-3)
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_only_plain_layers_are_fused():
+    assert fuse(lora_layers(peft_model(use_dora=True))) == 0
+
+
+def cfgs(lora_kernel: str, method: str = "lora", use_dora: bool = False):
+    train = OmegaConf.create({"kernels": "none", "compile": "none", "lora_kernel": lora_kernel})
+    return train, OmegaConf.create({"name": method, "use_dora": use_dora})
+
+
+def test_auto_fuses_lora_on_cuda_only_and_says_why_not():
+    assert choose(*cfgs("auto"), "cuda", "llama").describe() == "kernels: none; compile: none; lora: fused"
+    assert "fused LoRA off: auto fuses on CUDA only" in choose(*cfgs("auto"), "cpu", "llama").describe()
+    assert "fused LoRA off: not for QLoRA" in choose(*cfgs("auto", "qlora"), "cuda", "llama").describe()
+    assert not choose(*cfgs("auto", "full"), "cuda", "llama").fused_lora
+    assert choose(*cfgs("peft"), "cuda", "llama").describe() == "kernels: none; compile: none"
+    assert choose(*cfgs("fused"), "cpu", "llama").fused_lora  # the operator runs anywhere when asked for
+
+
+def test_fused_by_name_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="train.lora_kernel.*not for QLoRA"):
+        choose(*cfgs("fused", "qlora"), "cuda", "llama")
+    with pytest.raises(ConfigError, match="train.lora_kernel.*not for DoRA"):
+        choose(*cfgs("fused", use_dora=True), "cuda", "llama")
