@@ -20,22 +20,22 @@ from torch import Tensor
 
 
 @torch.library.custom_op("shardtune::lora_linear", mutates_args=())
-def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_x: Tensor, lora_a: Tensor, lora_b: Tensor,
-                scale: float) -> Tuple[Tensor, Tensor]:
-    """(x Wᵀ + b + scale (lora_x Aᵀ) Bᵀ, lora_x Aᵀ) for 2-D x and lora_x (lora_x is x, or x after dropout)."""
-    lora_xa = lora_x @ lora_a.t()
+def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_xa: Tensor, lora_b: Tensor,
+                scale: float) -> Tensor:
+    """x Wᵀ + b + scale lora_xa Bᵀ for 2-D x, the last term added by the matmul (beta=1)."""
     out = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-    return out.addmm_(lora_xa, lora_b.t(), alpha=scale), lora_xa
+    return out.addmm_(lora_xa, lora_b.t(), alpha=scale)
 
 
 @lora_linear.register_fake
-def _(x, weight, bias, lora_x, lora_a, lora_b, scale):
-    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
+def _(x, weight, bias, lora_xa, lora_b, scale):
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("shardtune::lora_linear_input_grad", mutates_args=())
 def lora_linear_input_grad(grad: Tensor, weight: Tensor, grad_xa: Tensor, lora_a: Tensor) -> Tensor:
-    """dy W + (s dy B) A, given grad_xa = s dy B: the input's gradient when the adapters read the same input."""
+    """dy W + grad_xa A, the last term added by the matmul: the input's gradient when the adapters read the same
+    input (grad_xa = s dy B)."""
     return (grad @ weight).addmm_(grad_xa, lora_a)
 
 
@@ -44,26 +44,34 @@ def _(grad, weight, grad_xa, lora_a):
     return grad.new_empty(grad.shape[0], weight.shape[1])
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, _, lora_x, lora_a, lora_b, scale = inputs
-    ctx.scale = scale
-    ctx.shared_input = lora_x is x
-    ctx.save_for_backward(weight, lora_x, lora_a, lora_b, output[1])
+class LoraLinear(torch.autograd.Function):
+    """y = x Wᵀ + b + s (lora_x Aᵀ) Bᵀ over a frozen W and b; lora_x is x after the adapters' dropout, or None
+    where they read x itself.
 
+    lora_x Aᵀ is an operation of its own, not part of the custom operator: what backward needs (lora_x, lora_x Aᵀ
+    and the weights) can then be recomputed in a checkpointed block without the base matmul, which the last layer
+    of a block (down_proj) would otherwise repeat for nothing."""
 
-def _backward(ctx, grad, _grad_xa_output):
-    weight, lora_x, lora_a, lora_b, lora_xa = ctx.saved_tensors
-    grad_xa = (grad @ lora_b).mul_(ctx.scale)  # s dy B: tokens x rank
-    if ctx.shared_input:
-        grad_x, grad_lora_x = lora_linear_input_grad(grad, weight, grad_xa, lora_a), None
-    else:  # dropout between: its own gradient, which autograd carries back through the dropout
-        grad_x, grad_lora_x = grad @ weight, grad_xa @ lora_a
-    grad_a = grad_xa.t() @ lora_x
-    grad_b = (grad.t() @ lora_xa).mul_(ctx.scale)
-    return grad_x, None, None, grad_lora_x, grad_a, grad_b, None
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_x, lora_a, lora_b, scale):
+        # lora_x None: the adapters read x itself (the compiler cannot trace one tensor passed twice)
+        ctx.scale, ctx.shared_input = scale, lora_x is None
+        lora_x = x if lora_x is None else lora_x
+        lora_xa = lora_x @ lora_a.t()
+        ctx.save_for_backward(weight, lora_x, lora_a, lora_b, lora_xa)
+        return lora_linear(x, weight, bias, lora_xa, lora_b, scale)
 
-
-lora_linear.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad):
+        weight, lora_x, lora_a, lora_b, lora_xa = ctx.saved_tensors
+        grad_xa = (grad @ lora_b).mul_(ctx.scale)  # s dy B: tokens x rank
+        if ctx.shared_input:
+            grad_x, grad_lora_x = lora_linear_input_grad(grad, weight, grad_xa, lora_a), None
+        else:  # dropout between: its own gradient, which autograd carries back through the dropout
+            grad_x, grad_lora_x = grad @ weight, grad_xa @ lora_a
+        grad_a = grad_xa.t() @ lora_x
+        grad_b = (grad.t() @ lora_xa).mul_(ctx.scale)
+        return grad_x, None, None, grad_lora_x, grad_a, grad_b, None
 
 
 def fusable(layer) -> bool:
@@ -97,7 +105,8 @@ def _fused_forward(layer, x: Tensor, *args, **kwargs) -> Tensor:
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     x2 = x.reshape(-1, x.shape[-1]).to(dtype)
     bias = None if base.bias is None else base.bias.to(dtype)
-    out, _ = lora_linear(x2, base.weight.to(dtype), bias, layer.lora_dropout[adapter](x2),
-                         layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype),
-                         float(layer.scaling[adapter]))
+    lora_x = layer.lora_dropout[adapter](x2)
+    out = LoraLinear.apply(x2, base.weight.to(dtype), bias, None if lora_x is x2 else lora_x,
+                           layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype),
+                           float(layer.scaling[adapter]))
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -86,3 +86,43 @@ def test_fused_by_name_is_refused_where_it_cannot_apply():
         choose(*cfgs("fused", "qlora"), "cuda", "llama")
     with pytest.raises(ConfigError, match="train.lora_kernel.*not for DoRA"):
         choose(*cfgs("fused", use_dora=True), "cuda", "llama")
+
+
+def test_a_checkpointed_compiled_block_recomputes_no_base_matmul_backward_does_not_need():
+    """The adapters' x Aᵀ is an operation of its own, so a checkpointed block's recompute repeats the fused layers
+    whose outputs backward needs (6 of a Llama block's 7), not the last one (down_proj, whose output only joins the
+    residual stream)."""
+    import collections
+
+    import torch._dynamo
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    from shardtune.trainer.model import decoder_layers
+
+    graphs = {}
+
+    def keep(name):
+        def compiler(graph, _):
+            graphs[name] = graph
+            return make_boxed_func(graph.forward)
+        return compiler
+
+    def backend(graph_module, inputs):
+        return aot_module_simplified(graph_module, inputs, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                                     partition_fn=min_cut_rematerialization_partition)
+
+    model = peft_model()
+    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fuse(lora_layers(model))
+    torch._dynamo.reset()
+    decoder_layers(model)[0].compile(backend=backend)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 16))
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply
+        model(input_ids=ids, labels=ids).loss.backward()
+    torch._dynamo.reset()
+    ops = {name: collections.Counter(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+           for name, graph in graphs.items()}
+    assert ops["forward"]["shardtune.lora_linear.default"] == 7
+    assert ops["backward"]["shardtune.lora_linear.default"] == 6
+    assert ops["backward"]["shardtune.lora_linear_input_grad.default"] == 7
