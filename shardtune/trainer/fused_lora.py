@@ -1,19 +1,20 @@
-"""LoRA layers as one operator each (train.lora_kernel=fused): y = x Wᵀ + b + s (x Aᵀ) Bᵀ with the adapters' product
-added in the epilogue of the cuBLAS matmul that adds it (addmm, beta=1), and in backward the input gradient
-dx = dy W + s (dy B) A the same way.
+"""LoRA layers as one operator each (train.lora_kernel=fused): y = x Wᵀ + b + s (x Aᵀ) Bᵀ, where the adapters'
+product is added by the epilogue of a cuBLAS matmul (addmm, beta=1) rather than by a kernel of its own, and in
+backward the input gradient dx = dy W + s (dy B) A likewise.
 
-Why: peft computes the adapters' product as a tensor of its own and adds it to the base output in a separate
-kernel. Under torch.compile the add is fused into the next pointwise kernel (SwiGLU, RoPE, the residual add), which
-then reads two output-sized tensors instead of one, in forward, in the recompute of checkpointed blocks, and in
-backward; the compiler undoes a plain addmm whose users are pointwise (it prefers the fused add), so the matmuls
-live in custom operators it cannot split. Measured on an H100 (benchmarks/lora_block.py, Llama-3 8B shapes, micro
-batch 2 x 2048, checkpointed compiled blocks): peft's LoRA cost 1.8 ms per layer and step over the frozen base.
+Why: peft materialises the adapters' product as a tensor and adds it to the base output. Under torch.compile the add
+lands in the next pointwise kernel (SwiGLU, RoPE, the residual add), which then reads both tensors and writes their
+sum too where backward keeps it, in forward, in the recompute of checkpointed blocks and in backward. Measured on an
+H100 (benchmarks/lora_block.py, Llama-3 8B shapes, micro batch 2 x 2048, checkpointed compiled blocks): peft's LoRA
+costs 1.8 ms per layer and step over the frozen base; SwiGLU's forward kernel alone went from 111 to 273 us. The
+compiler splits a plain addmm whose users are pointwise back into a matmul and an add, so the matmuls live in custom
+operators here. (The fused layers' own speed: docs/benchmarks.md.)
 
 Only plain layers are fused: peft's `lora.Linear` over an `nn.Linear` with one adapter, without DoRA and not merged;
 the others keep peft's forward. The base weight and bias must be frozen (they are, under LoRA).
 """
 import types
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor

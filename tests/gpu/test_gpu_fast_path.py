@@ -1,4 +1,4 @@
-"""The fast path (Liger kernels, compiled blocks) changes the speed, not the training: 100 steps of a small
+"""The fast path (Liger kernels, compiled blocks, fused LoRA layers) changes the speed, not the training: 100 steps of a small
 real-shaped Llama give the loss curve of the eager transformers modules within 1% at every step after warm-up, for
 full fine-tuning, LoRA and QLoRA under DDP, FSDP2 and ZeRO-3 (the pairs each method has)."""
 import pytest
@@ -31,8 +31,9 @@ FP8_TOLERANCE = 0.03  # float8 rounds the matmuls' inputs: a different curve, wh
 def test_fast_path_keeps_the_loss_curve(tmp_path, case):
     method, strategy = case
     losses = {}
-    for name, settings in {"eager": ["train.kernels=none", "train.compile=none"],
-                           "fast": ["train.kernels=liger", "train.compile=blocks"]}.items():
+    fused_lora = ["train.lora_kernel=fused"] if method == "lora" else []  # QLoRA's 4-bit layers keep peft's
+    for name, settings in {"eager": ["train.kernels=none", "train.compile=none", "train.lora_kernel=peft"],
+                           "fast": ["train.kernels=liger", "train.compile=blocks", *fused_lora]}.items():
         run_dir = tmp_path / name
         method_settings = [] if method == "full" else ["method.dropout=0"]
         run_shardtune("train", f"method={method}", f"strategy={strategy}", *RUN, f"optim.lr={LEARNING_RATES[method]}",
