@@ -1,6 +1,6 @@
-"""LoRA layers as one operator each (train.lora_kernel=fused): y = x Wᵀ + b + s (x Aᵀ) Bᵀ, where the adapters'
-product is added by the epilogue of a cuBLAS matmul (addmm, beta=1) rather than by a kernel of its own, and in
-backward the input gradient dx = dy W + s (dy B) A likewise.
+"""LoRA layers as one operator each (train.lora_kernel=fused): y = x Wᵀ + b + s (x Aᵀ) Bᵀ, where the base matmul
+adds its product onto the adapters' in its epilogue (cuBLAS addmm, beta=1) rather than a kernel of its own adding the
+two, and in backward the input gradient dx = dy W + s (dy B) A likewise.
 
 Why: peft materialises the adapters' product as a tensor and adds it to the base output. Under torch.compile the add
 lands in the next pointwise kernel (SwiGLU, RoPE, the residual add), which then reads both tensors and writes their
@@ -23,9 +23,12 @@ from torch import Tensor
 @torch.library.custom_op("shardtune::lora_linear", mutates_args=())
 def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_xa: Tensor, lora_b: Tensor,
                 scale: float) -> Tensor:
-    """x Wᵀ + b + scale lora_xa Bᵀ for 2-D x, the last term added by the matmul (beta=1)."""
-    out = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-    return out.addmm_(lora_xa, lora_b.t(), alpha=scale)
+    """x Wᵀ + b + scale lora_xa Bᵀ for 2-D x. The small product first, then the base matmul adds onto it (beta=1):
+    the base matmul is compute-bound, so reading the product in its epilogue hides behind its math, where adding
+    onto the base output would be a memory-bound pass of its own."""
+    scaled_xa = lora_xa * scale  # tokens x rank
+    out = scaled_xa @ lora_b.t() if bias is None else torch.addmm(bias, scaled_xa, lora_b.t())
+    return out.addmm_(x, weight.t())
 
 
 @lora_linear.register_fake
@@ -35,9 +38,9 @@ def _(x, weight, bias, lora_xa, lora_b, scale):
 
 @torch.library.custom_op("shardtune::lora_linear_input_grad", mutates_args=())
 def lora_linear_input_grad(grad: Tensor, weight: Tensor, grad_xa: Tensor, lora_a: Tensor) -> Tensor:
-    """dy W + grad_xa A, the last term added by the matmul: the input's gradient when the adapters read the same
-    input (grad_xa = s dy B)."""
-    return (grad @ weight).addmm_(grad_xa, lora_a)
+    """dy W + grad_xa A, the input's gradient when the adapters read the same input (grad_xa = s dy B); dy W adds
+    onto the small product, as in lora_linear."""
+    return (grad_xa @ lora_a).addmm_(grad, weight)
 
 
 @lora_linear_input_grad.register_fake
