@@ -298,7 +298,7 @@ class TrainConfig:
     installed, none elsewhere (the log says why once)."""
     lora_kernel: str = "auto"
     """LoRA layers' matmuls. fused: each plain LoRA layer (one adapter over an nn.Linear, no DoRA) is one operator
-    that adds the adapters' product in the epilogue of the base matmul, and its input gradient likewise, instead of
+    whose base matmul adds onto the adapters' product in its epilogue, and its input gradient likewise, instead of
     peft's separate add (shardtune/trainer/fused_lora.py); peft: peft's forward; auto: fused on CUDA for method=lora,
     peft elsewhere (QLoRA's 4-bit layers and DoRA keep peft's forward; the log says why once)."""
     compile: str = "auto"
