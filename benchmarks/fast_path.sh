@@ -102,15 +102,19 @@ for part in "$@"; do
       ;;
     8b-fused)
       # 8B LoRA, checkpointed, right after HF + Liger's: fused LoRA layers (train.lora_kernel=auto: fused on CUDA)
-      # and peft's forward; then one 8B-shaped block, peft's layers against fused ones (benchmarks/lora_block.py).
+      # and peft's forward; the LoRA loss curve of fused layers against peft's eager one (DDP); then one 8B-shaped
+      # block, peft's layers against fused ones (benchmarks/lora_block.py). About 520 s on an H100.
       B8="--size 8b --steps 12 --micro-batch 2"
       AC="train.activation_checkpointing=true method.dropout=0"
       { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.lora_kernel=peft
-        free_gpu
-        timeout 90 python3 benchmarks/lora_block.py --out "$OUT" lora lora-fused
       } >> "$OUT/8b-fused.jsonl" 2>> "$OUT/8b-fused.err"
+      free_gpu
+      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k "lora-ddp and not qlora" \
+        > "$OUT/fast-path-lora.txt" 2>&1
+      free_gpu
+      timeout 90 python3 benchmarks/lora_block.py --out "$OUT" lora lora-fused >> "$OUT/8b-fused.jsonl" 2>> "$OUT/8b-fused.err"
       ;;
     1b-full-pair)
       full_1b_pair 1b-full-pair  # alone, for a short call
