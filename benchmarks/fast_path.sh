@@ -114,7 +114,8 @@ for part in "$@"; do
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k "lora-ddp and not qlora" \
         > "$OUT/fast-path-lora.txt" 2>&1
       free_gpu
-      timeout 90 python3 benchmarks/lora_block.py --out "$OUT" lora lora-fused >> "$OUT/8b-fused.jsonl" 2>> "$OUT/8b-fused.err"
+      timeout 90 python3 benchmarks/lora_block.py --out "$OUT" lora lora-fused \
+        >> "$OUT/8b-fused.jsonl" 2>> "$OUT/8b-fused.err"
       ;;
     1b-full-pair)
       full_1b_pair 1b-full-pair  # alone, for a short call

@@ -85,7 +85,7 @@ def fusable(layer) -> bool:
     return (type(layer) is Linear and type(base) is torch.nn.Linear and len(layer.lora_A) == 1
             and not layer.lora_variant and not layer.merged and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
-            and all(b.bias is None for b in layer.lora_B.values()) and all(a.bias is None for a in layer.lora_A.values()))
+            and all(adapter.bias is None for adapter in (*layer.lora_A.values(), *layer.lora_B.values())))
 
 
 def fuse(layers) -> int:
