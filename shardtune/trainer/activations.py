@@ -23,23 +23,43 @@ _KEPT_OPS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default,
              _aten._scaled_dot_product_cudnn_attention.default}
 
 
+# The `layer` policy in compiled blocks keeps a matmul's output when it is at most this fraction of its input: LoRA's
+# x·Aᵀ (rank r of the hidden size; a narrow key/value projection too), whose recompute would read the whole input
+# again for a few columns. Eager blocks recompute it: a selective policy runs Python for every operator there, which
+# only a compiled graph pays once, when it is traced.
+SMALL_PRODUCT = 1 / 8
+
+
 def _keep_matmuls(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_small_products(ctx, op, *args, **kwargs):
+    if op is _aten.mm.default and args[1].shape[1] <= SMALL_PRODUCT * args[0].shape[1]:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def _ops_policy_contexts():
     return create_selective_checkpoint_contexts(_keep_matmuls)
 
 
-def enable(model, train_cfg, device_type: str) -> None:
-    """Turn on the checkpointing train_cfg asks for on a transformers model (before peft or a strategy wraps it).
-    On CPU the activations are in host memory already: activation_offload is then off (offloads() logs it)."""
+def _small_products_contexts():
+    return create_selective_checkpoint_contexts(_keep_small_products)
+
+
+def enable(model, train_cfg, device_type: str, compiled: bool = False) -> None:
+    """Turn on the checkpointing train_cfg asks for on a transformers model (before peft or a strategy wraps it);
+    `compiled`: its decoder blocks will be compiled. On CPU the activations are in host memory already:
+    activation_offload is then off (offloads() logs it)."""
     if not train_cfg.activation_checkpointing:
         return
     # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
     kwargs = {"use_reentrant": False}
     if train_cfg.activation_checkpointing_policy == "ops":
         kwargs["context_fn"] = _ops_policy_contexts
+    elif compiled:
+        kwargs["context_fn"] = _small_products_contexts
     every, offload = train_cfg.activation_checkpointing_every, offloads(train_cfg, device_type)
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every,
@@ -71,14 +91,15 @@ def offloads(train_cfg, device_type: str) -> bool:
     return train_cfg.activation_offload and device_type == "cuda"
 
 
-def describe(train_cfg, device_type: str) -> str:
+def describe(train_cfg, device_type: str, compiled: bool = False) -> str:
     """One phrase for the log and the plan, e.g. 'activation checkpointing: every 2nd layer, inputs kept, in host
     memory'."""
     if not train_cfg.activation_checkpointing:
         return "activation checkpointing: off"
     every = train_cfg.activation_checkpointing_every
     layers = "every layer" if every == 1 else f"every {every}{_ordinal_suffix(every)} layer"
-    kept = "matmul and attention outputs kept" if train_cfg.activation_checkpointing_policy == "ops" else "inputs kept"
+    kept = ("matmul and attention outputs kept" if train_cfg.activation_checkpointing_policy == "ops"
+            else "inputs and narrow matmul outputs (LoRA's x·Aᵀ) kept" if compiled else "inputs kept")
     where = ""
     if train_cfg.activation_offload:
         where = (", in host memory" if offloads(train_cfg, device_type)

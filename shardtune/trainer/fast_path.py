@@ -90,6 +90,11 @@ def choose(train_cfg, method_cfg, device_type: str, model_type: str) -> FastPath
     return FastPath(liger, compile_blocks, fused_lora, tuple(why_not))
 
 
+def compiles_blocks(cfg, device_type: str, model_type: str) -> bool:
+    """Whether this run's decoder blocks will be compiled, for what is set up before the fast path is applied."""
+    return choose(cfg.train, cfg.method, device_type, model_type).compile_blocks
+
+
 def _choose_lora_kernel(asked: str, method_cfg, device_type: str, why_not: list) -> bool:
     if asked == "peft" or method_cfg.name == "full":
         return False
@@ -115,11 +120,9 @@ def apply(model, fast_path: FastPath, decoder_layers) -> None:
                                         cross_entropy=False, fused_linear_cross_entropy=True)
     if fast_path.fused_lora:
         from . import fused_lora
-        from .model import lora_layers
-        layers = lora_layers(model)
-        fused = fused_lora.fuse(layers)
-        if fused < len(layers):  # a layer peft adapts that is not a plain nn.Linear (a 1-D convolution, say)
-            log.warning("fused LoRA: %d of %d LoRA layers; the others keep peft's forward", fused, len(layers))
+        fused, layers = fused_lora.fuse(model)
+        if fused < layers:  # a layer peft adapts that is not a plain nn.Linear (a 1-D convolution, say)
+            log.warning("fused LoRA: %d of %d LoRA layers; the others keep peft's forward", fused, layers)
     if fast_path.compile_blocks:
         import torch._dynamo
         layers = decoder_layers(model)

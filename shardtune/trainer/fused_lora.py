@@ -14,7 +14,7 @@ Only plain layers are fused: peft's `lora.Linear` over an `nn.Linear` with one a
 the others keep peft's forward. The base weight and bias must be frozen (they are, under LoRA).
 """
 import types
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -88,14 +88,14 @@ def fusable(layer) -> bool:
             and all(adapter.bias is None for adapter in (*layer.lora_A.values(), *layer.lora_B.values())))
 
 
-def fuse(layers) -> int:
-    """Give each plain LoRA layer of `layers` ((name, layer) pairs) the fused forward; the number fused."""
-    fused = 0
-    for _, layer in layers:
-        if fusable(layer):
-            layer.forward = types.MethodType(_fused_forward, layer)
-            fused += 1
-    return fused
+def fuse(model) -> Tuple[int, int]:
+    """Give each plain LoRA layer of `model` the fused forward: (the number fused, the number of LoRA layers)."""
+    from peft.tuners.lora import LoraLayer
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    fused = [layer for layer in layers if fusable(layer)]
+    for layer in fused:
+        layer.forward = types.MethodType(_fused_forward, layer)
+    return len(fused), len(layers)
 
 
 def _fused_forward(layer, x: Tensor, *args, **kwargs) -> Tensor:

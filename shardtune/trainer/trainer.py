@@ -151,7 +151,8 @@ class Trainer:
                  f"{self.num_trainable_params:,}", self.total_steps, self.world_size, self.weights_gib)
         log.info("fast path: %s; %s; %s; %s", self.fast_path.describe(),
                  fp8.describe(self.strategy.fp8_recipe, self.strategy.fp8_why_not),
-                 activations.describe(cfg.train, self.device.type), attention.describe(cfg, self.device.type))
+                 activations.describe(cfg.train, self.device.type, self.fast_path.compile_blocks),
+                 attention.describe(cfg, self.device.type))
 
     def build_data(self) -> None:
         cfg = self.cfg

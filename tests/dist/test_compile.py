@@ -50,11 +50,13 @@ def test_compiled_blocks_with_selective_checkpointing_give_the_eager_losses(shar
 
 def test_fused_lora_layers_in_compiled_checkpointed_blocks_give_peft_losses_under_fsdp(shared_run, tmp_path):
     """train.lora_kernel=fused (auto on GPUs): its custom operators trace into the compiled blocks without a break,
-    under FSDP2's sharded adapters and activation checkpointing, and change no loss."""
+    under FSDP2's sharded adapters and activation checkpointing (which keeps x·Aᵀ in compiled blocks), and change no
+    loss."""
     peft = train_losses(shared_run("lora-fsdp"))
     result = run_shardtune("train", *SHARED_RUNS["lora-fsdp"], "train.lora_kernel=fused", "train.compile=blocks",
                            "train.activation_checkpointing=true", f"output_dir={tmp_path}")
     assert "compile: per block; lora: fused" in result.stdout + result.stderr
+    assert "inputs and narrow matmul outputs (LoRA's x·Aᵀ) kept" in result.stdout + result.stderr
     assert "0 graph breaks" in result.stdout + result.stderr
     fused = train_losses(tmp_path)
     assert sorted(fused) == sorted(peft)

@@ -12,15 +12,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from shardtune.errors import ConfigError
 from shardtune.trainer.fast_path import choose
 from shardtune.trainer.fused_lora import fuse
-from shardtune.trainer.model import lora_layers
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=256)
 
 
-def peft_model(model_type: str = "llama", dropout: float = 0.0, **lora):
+def peft_model(model_type: str = "llama", dropout: float = 0.0, enable_checkpointing=None, **lora):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **TINY))
+    if enable_checkpointing:
+        enable_checkpointing(base)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
                                             **lora))
     for name, param in model.named_parameters():
@@ -40,7 +41,7 @@ def loss_and_grads(model, ids):
 def test_fused_layers_give_peft_values_and_gradients(model_type, dropout):
     reference = peft_model(model_type, dropout)
     fused = copy.deepcopy(reference)
-    assert fuse(lora_layers(fused)) == len(lora_layers(fused)) == 14
+    assert fuse(fused) == (14, 14)
     ids = torch.randint(0, TINY["vocab_size"], (2, 16))
     loss, grads = loss_and_grads(reference, ids)
     fused_loss, fused_grads = loss_and_grads(fused, ids)
@@ -51,7 +52,7 @@ def test_fused_layers_give_peft_values_and_gradients(model_type, dropout):
 
 def test_disabled_or_merged_adapters_take_peft_forward():
     model = peft_model()
-    fuse(lora_layers(model))
+    fuse(model)
     ids = torch.randint(0, TINY["vocab_size"], (1, 8))
     with torch.no_grad():
         adapted = model(input_ids=ids).logits
@@ -64,7 +65,7 @@ def test_disabled_or_merged_adapters_take_peft_forward():
 
 
 def test_only_plain_layers_are_fused():
-    assert fuse(lora_layers(peft_model(use_dora=True))) == 0
+    assert fuse(peft_model(use_dora=True)) == (0, 14)
 
 
 def cfgs(lora_kernel: str, method: str = "lora", use_dora: bool = False):
@@ -88,16 +89,15 @@ def test_fused_by_name_is_refused_where_it_cannot_apply():
         choose(*cfgs("fused", use_dora=True), "cuda", "llama")
 
 
-def test_a_checkpointed_compiled_block_recomputes_no_base_matmul_backward_does_not_need():
-    """The adapters' x Aᵀ is an operation of its own, so a checkpointed block's recompute repeats the fused layers
-    whose outputs backward needs (6 of a Llama block's 7), not the last one (down_proj, whose output only joins the
-    residual stream)."""
+def compiled_block_ops(fused: bool, compiled_policy: bool) -> dict:
+    """The operators of a checkpointed decoder block's compiled forward and backward graphs, counted by name."""
     import collections
 
     import torch._dynamo
     from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._functorch.aot_autograd import aot_module_simplified
 
+    from shardtune.trainer import activations
     from shardtune.trainer.model import decoder_layers
 
     graphs = {}
@@ -112,17 +112,39 @@ def test_a_checkpointed_compiled_block_recomputes_no_base_matmul_backward_does_n
         return aot_module_simplified(graph_module, inputs, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
                                      partition_fn=min_cut_rematerialization_partition)
 
-    model = peft_model()
-    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fuse(lora_layers(model))
+    train = OmegaConf.create({"activation_checkpointing": True, "activation_checkpointing_every": 1,
+                              "activation_checkpointing_policy": "layer", "activation_offload": False})
+    model = peft_model(enable_checkpointing=lambda base: activations.enable(base, train, "cpu", compiled_policy))
+    if fused:
+        fuse(model)
     torch._dynamo.reset()
     decoder_layers(model)[0].compile(backend=backend)
     ids = torch.randint(0, TINY["vocab_size"], (2, 16))
     with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply
         model(input_ids=ids, labels=ids).loss.backward()
     torch._dynamo.reset()
-    ops = {name: collections.Counter(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
-           for name, graph in graphs.items()}
-    assert ops["forward"]["shardtune.lora_linear.default"] == 7
-    assert ops["backward"]["shardtune.lora_linear.default"] == 6
-    assert ops["backward"]["shardtune.lora_linear_input_grad.default"] == 7
+    ops = {name: collections.Counter(str(node.target).removesuffix(".default") for node in graph.graph.nodes
+                                     if node.op == "call_function") for name, graph in graphs.items()}
+    ops["grads"] = {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
+    return ops
+
+
+def test_a_checkpointed_compiled_block_recomputes_no_base_matmul_backward_does_not_need():
+    """The adapters' x Aᵀ is an operation of its own, so a checkpointed block's recompute repeats the fused layers
+    whose outputs backward needs (6 of a Llama block's 7), not the last one (down_proj, whose output only joins the
+    residual stream)."""
+    ops = compiled_block_ops(fused=True, compiled_policy=False)
+    assert ops["forward"]["shardtune.lora_linear"] == 7 and ops["forward"]["aten.mm"] == 7  # x Aᵀ
+    assert ops["backward"]["shardtune.lora_linear"] == 6
+    assert ops["backward"]["shardtune.lora_linear_input_grad"] == 7
+    assert ops["backward"]["aten.mm"] == 7 + 3 * 7  # x Aᵀ again; dy B, the gradients of A and of B
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "peft"])
+def test_compiled_checkpointed_blocks_keep_the_adapters_small_products(fused):
+    """The `layer` policy in compiled blocks keeps x Aᵀ (rank 8 of 64 here) rather than reading x again in backward
+    to recompute it: 7 fewer matmuls in the backward graph, fused layers or peft's."""
+    recomputed, kept = compiled_block_ops(fused, compiled_policy=False), compiled_block_ops(fused, compiled_policy=True)
+    assert kept["backward"]["aten.mm"] == recomputed["backward"]["aten.mm"] - 7
+    for name, grad in recomputed["grads"].items():
+        torch.testing.assert_close(kept["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=name)
