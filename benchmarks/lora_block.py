@@ -1,6 +1,6 @@
 """What LoRA costs in a compiled, checkpointed decoder block, on a GPU: a few decoder layers of Llama-3 8B's shape
-(micro batch 2 x 2048, bf16 base under autocast, as shardtune's 8B LoRA benchmark runs them) timed forward and
-backward with the base frozen and
+(micro batch 2 x 2048, bf16 base under autocast, checkpointed as shardtune checkpoints compiled blocks: inputs and
+LoRA's x·Aᵀ kept; until 2026-12-07 01:30 UTC inputs only) timed forward and backward with the base frozen and
 
   frozen      no adapters (only the norms train, so backward still runs through every layer): the floor;
   lora        peft r16 on every linear, fp32 adapters (shardtune's LoRA);
@@ -17,8 +17,10 @@ import json
 import pathlib
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from shardtune.trainer import activations
 from shardtune.trainer.fast_path import FastPath, apply
 from shardtune.trainer.model import decoder_layers, keep_adapter_inputs_as_they_come
 
@@ -32,7 +34,9 @@ def build(variant: str, layers: int):
     config = AutoConfig.for_model(**LLAMA_8B, num_hidden_layers=layers)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing = OmegaConf.create({"activation_checkpointing": True, "activation_checkpointing_every": 1,
+                                      "activation_checkpointing_policy": "layer", "activation_offload": False})
+    activations.enable(model, checkpointing, "cuda", compiled=True)  # as shardtune checkpoints compiled blocks
     model.requires_grad_(False)
     if variant == "frozen":
         for name, param in model.named_parameters():
