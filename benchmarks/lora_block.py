@@ -8,7 +8,7 @@ LoRA's x·Aᵀ kept; until 2026-12-07 01:30 UTC inputs only) timed forward and b
   lora-tuned  `lora` compiled with inductor's max-autotune GEMM search (are the rank-16 matmuls cuBLAS' weak spot?);
   lora-fused  `lora` with shardtune's fused LoRA layers (train.lora_kernel=fused).
 
-One JSON line per variant (ms per layer per step), and the profiled kernels of one step per variant.
+One JSON line per variant (ms per step of all its layers), and the profiled kernels of one step per variant.
 
     python3 benchmarks/lora_block.py [--layers 4] [--out DIR] [VARIANT ...]
 """
