@@ -286,7 +286,7 @@ class TrainConfig:
     """Checkpoint every k-th decoder layer only (1 = all); the others keep their activations: faster, more memory."""
     activation_checkpointing_policy: str = "layer"
     """What a checkpointed layer keeps. layer: its input (the whole layer is recomputed; in compiled blocks also
-    the matmul outputs at most an eighth of their input, such as LoRA's x·Aᵀ); ops: also its matmul
+    the matmul outputs under 1/16 of their input: LoRA's x·Aᵀ); ops: also its matmul
     and attention outputs (torchtitan's per-op selective checkpointing), so backward recomputes only the pointwise
     ops (norms, RoPE, SwiGLU): faster, more memory."""
     activation_offload: bool = False

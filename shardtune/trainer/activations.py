@@ -23,11 +23,11 @@ _KEPT_OPS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default,
              _aten._scaled_dot_product_cudnn_attention.default}
 
 
-# The `layer` policy in compiled blocks keeps a matmul's output when it is at most this fraction of its input: LoRA's
-# x·Aᵀ (rank r of the hidden size; a narrow key/value projection too), whose recompute would read the whole input
-# again for a few columns. Eager blocks recompute it: a selective policy runs Python for every operator there, which
-# only a compiled graph pays once, when it is traced.
-SMALL_PRODUCT = 1 / 8
+# The `layer` policy in compiled blocks keeps a matmul's output when it is under this fraction of its input: LoRA's
+# x·Aᵀ (rank 16 of 4096 is 1/256), whose recompute would read the whole input again for a few columns. Grouped-query
+# key and value projections stay out (1/8 of a 70B's hidden size, 1/16 of a 405B's). Eager blocks recompute it: a
+# selective policy runs Python for every operator there, which a compiled graph pays once, when it is traced.
+SMALL_PRODUCT = 1 / 16
 
 
 def _keep_matmuls(ctx, op, *args, **kwargs):
@@ -35,7 +35,7 @@ def _keep_matmuls(ctx, op, *args, **kwargs):
 
 
 def _keep_small_products(ctx, op, *args, **kwargs):
-    if op is _aten.mm.default and args[1].shape[1] <= SMALL_PRODUCT * args[0].shape[1]:
+    if op is _aten.mm.default and args[1].shape[1] < SMALL_PRODUCT * args[0].shape[1]:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
@@ -99,7 +99,8 @@ def describe(train_cfg, device_type: str, compiled: bool = False) -> str:
     every = train_cfg.activation_checkpointing_every
     layers = "every layer" if every == 1 else f"every {every}{_ordinal_suffix(every)} layer"
     kept = ("matmul and attention outputs kept" if train_cfg.activation_checkpointing_policy == "ops"
-            else "inputs and narrow matmul outputs (LoRA's x·Aᵀ) kept" if compiled else "inputs kept")
+            else "inputs and matmul outputs under 1/16 of their input (LoRA's x·Aᵀ) kept" if compiled
+            else "inputs kept")
     where = ""
     if train_cfg.activation_offload:
         where = (", in host memory" if offloads(train_cfg, device_type)

@@ -66,7 +66,8 @@ def test_describe_names_what_is_kept_and_where():
     assert activations.describe(everything, "cpu").endswith(
         "kept (offload off: activations are in host memory on CPU)")
     assert activations.describe(train_cfg(), "cuda", compiled=True) == (
-        "activation checkpointing: every layer, inputs and narrow matmul outputs (LoRA's x·Aᵀ) kept")
+        "activation checkpointing: every layer, inputs and matmul outputs under 1/16 of their input (LoRA's x·Aᵀ) "
+        "kept")
 
 
 @pytest.mark.parametrize("key, value", [("activation_checkpointing_every", 2), ("activation_offload", True),
