@@ -48,11 +48,12 @@ def test_none_turns_each_part_off_without_a_reason():
 
 
 def test_unknown_values_and_liger_on_cpu_are_refused_before_workers_start(tmp_path):
-    for setting, message in [("train.kernels=fast", "train.kernels: expected one of auto, liger, none"),
-                             ("train.compile=yes", "train.compile: expected one of auto, blocks, none"),
-                             ("train.lora_kernel=yes", "train.lora_kernel: expected one of auto, fused, peft"),
-                             ("train.kernels=liger", "train.kernels: liger needs a CUDA GPU")]:
-        result = run_shardtune("train", setting, f"output_dir={tmp_path / 'run'}", check=False)
+    for settings, message in [("train.kernels=fast", "train.kernels: expected one of auto, liger, none"),
+                              ("train.compile=yes", "train.compile: expected one of auto, blocks, none"),
+                              ("train.lora_kernel=yes", "train.lora_kernel: expected one of auto, fused, peft"),
+                              ("train.kernels=liger", "train.kernels: liger needs a CUDA GPU"),
+                              ("method=qlora train.lora_kernel=fused", "train.lora_kernel: fused: not for QLoRA")]:
+        result = run_shardtune("train", *settings.split(), f"output_dir={tmp_path / 'run'}", check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
