@@ -409,7 +409,8 @@ def estimate_memory(cfg, world_size: int) -> MemoryEstimate:
         cuda_context=CUDA_CONTEXT_BYTES, load=_load_peak(run),
         host=_host_per_node(run, steady - CUDA_CONTEXT_BYTES, offloaded_activations),
         fast_path=f"{fast.describe()}; {fp8.describe(*fp8.choose(cfg.train, run.device, method.name, run.kind))}; "
-                  f"{describe_checkpointing(cfg.train, run.device, fast.compile_blocks)}; {describe_attention(cfg, run.device)}",
+                  f"{describe_checkpointing(cfg.train, run.device, fast.compile_blocks)}; "
+                  f"{describe_attention(cfg, run.device)}",
         notes={
             "weights": weights_note, "grads": grads_note, "optimizer": optimizer_note, "gathered": gathered_note,
             "activations": activations_note, "logits": logits_note,

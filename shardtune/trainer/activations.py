@@ -12,6 +12,8 @@ import functools
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from . import fast_path
+
 POLICIES = ("layer", "ops")
 
 _aten = torch.ops.aten
@@ -85,6 +87,13 @@ def _enable_with_older_transformers(model, kwargs: dict, every: int, offload: bo
 def _checkpoint_in_host_memory(function, *args, **kwargs):
     with torch.autograd.graph.save_on_cpu(pin_memory=True):
         return checkpoint(function, *args, **kwargs)
+
+
+def enable_for_run(model, cfg, device_type: str) -> None:
+    """enable() for this run (each loading path calls it), with the policy of compiled blocks where its fast path will
+    compile them."""
+    compiled = fast_path.choose(cfg.train, cfg.method, device_type, model.config.model_type).compile_blocks
+    enable(model, cfg.train, device_type, compiled)
 
 
 def offloads(train_cfg, device_type: str) -> bool:

@@ -90,11 +90,6 @@ def choose(train_cfg, method_cfg, device_type: str, model_type: str) -> FastPath
     return FastPath(liger, compile_blocks, fused_lora, tuple(why_not))
 
 
-def compiles_blocks(cfg, device_type: str, model_type: str) -> bool:
-    """Whether this run's decoder blocks will be compiled, for what is set up before the fast path is applied."""
-    return choose(cfg.train, cfg.method, device_type, model_type).compile_blocks
-
-
 def _choose_lora_kernel(asked: str, method_cfg, device_type: str, why_not: list) -> bool:
     if asked == "peft" or method_cfg.name == "full":
         return False

@@ -16,7 +16,7 @@ from ..attention import implementation as attention_implementation
 from ..cluster.shared_fs import write_once_per_filesystem
 from ..precision import DTYPES
 from ..run_dir import COMPLETE_MARKER, RANDOM_INIT_DIR, is_complete, write_directory_atomically
-from . import activations, fast_path
+from . import activations
 
 
 def decoder_layers(model: torch.nn.Module) -> list:
@@ -106,8 +106,7 @@ def build_model(cfg, source: str, device: torch.device, compute_dtype: torch.dty
     """The model ready for a strategy to wrap: on `device`, with only the trainable weights requiring grad."""
     method = cfg.method.name
     model = load_base_model(cfg, source, device, compute_dtype)
-    activations.enable(model, cfg.train, device.type,
-                       fast_path.compiles_blocks(cfg, device.type, model.config.model_type))
+    activations.enable_for_run(model, cfg, device.type)
     if method in ("lora", "qlora"):
         model = add_lora(model, cfg.method)
         init_adapters(model, cfg.train.seed)

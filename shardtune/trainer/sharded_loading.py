@@ -22,7 +22,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from . import activations, fast_path
+from . import activations
 from ..attention import implementation as attention_implementation
 from .model import (add_lora, copy_full_tensor, disable_cpu_repacking, dora_magnitudes, init_adapters, load_dtype,
                     quantization_config)
@@ -40,8 +40,7 @@ def build_sharded_model(cfg, source: str, device: torch.device, compute_dtype: t
     buffers = dict(model.named_buffers())  # real tensors (rotary frequencies): built outside the meta device
     base_keys = {name for name, _ in model.named_parameters()}  # the checkpoint's names, before adapters
     quantized = replace_linear_with_4bit(model, cfg.method, compute_dtype) if cfg.method.name == "qlora" else {}
-    activations.enable(model, cfg.train, device.type,
-                       fast_path.compiles_blocks(cfg, device.type, model.config.model_type))
+    activations.enable_for_run(model, cfg, device.type)
     if cfg.method.name in ("lora", "qlora"):
         model = add_lora(model, cfg.method)
     shard(model)

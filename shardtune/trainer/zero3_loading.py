@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from . import activations, fast_path
+from . import activations
 from ..attention import implementation as attention_implementation
 from .model import load_dtype
 from .sharded_loading import check_complete, local_weights_dir, read_tensor, tensor_files
@@ -33,6 +33,5 @@ def build_partitioned_model(cfg, source: str, device: torch.device, compute_dtyp
             if dist.get_rank() == 0:
                 with torch.no_grad():
                     param.copy_(read_tensor(files, name))
-    activations.enable(model, cfg.train, device.type,
-                       fast_path.compiles_blocks(cfg, device.type, model.config.model_type))
+    activations.enable_for_run(model, cfg, device.type)
     return model
