@@ -183,6 +183,21 @@ for part in "$@"; do
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.activation_offload=true
       } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
       ;;
+    zero-options)
+      # ZeRO-3 gathering whole decoder blocks (ZeRO leaf modules, forward-only compile), ZeRO-2's options on one GPU
+      # (no communication to overlap; larger buckets), ZeRO-2 profiled (steps 8-9), FSDP2 for reference; then the
+      # ZeRO-3 loss curve, fast path on against off (tests/gpu).
+      mkdir -p "$OUT/profiles"
+      { timeout 150 python3 benchmarks/run.py full-fsdp full-zero3
+        timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.overlap_comm=false
+        timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.reduce_bucket_size=500000000
+        timeout 70 python3 benchmarks/run.py full-zero2 --extra "train.profile_steps=[8,9]"
+      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      cp /tmp/bench/1b-full-zero2-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-zero2.txt"
+      free_gpu
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
+        > "$OUT/fast-path-full-zero3.txt" 2>&1
+      ;;
     zero)
       # ZeRO-2 and ZeRO-3 against FSDP2 on the 1B full fine-tune, one GPU, fast path on (the issue asks within 10%).
       timeout 420 python3 benchmarks/run.py full-fsdp full-zero2 full-zero3 >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"

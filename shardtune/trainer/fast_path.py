@@ -104,9 +104,9 @@ def _choose_lora_kernel(asked: str, method_cfg, device_type: str, why_not: list)
     return missing is None
 
 
-def apply(model, fast_path: FastPath, decoder_layers) -> None:
+def apply(model, fast_path: FastPath, decoder_layers, compile_block_hooks: bool = True) -> None:
     """Patch `model` (transformers or peft) in place: Liger's modules and loss, fused LoRA layers, then compile each
-    decoder block."""
+    decoder block (with the strategy's hooks on it, or only its forward: Strategy.compile_block_hooks)."""
     if fast_path.liger:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -130,7 +130,10 @@ def apply(model, fast_path: FastPath, decoder_layers) -> None:
         # whole checkpointed block falls back to eager (a graph break the compile report shows).
         torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
         for layer in layers:
-            layer.compile()  # in place: the strategy's hooks (FSDP2, ZeRO-3) stay on the module
+            if compile_block_hooks:
+                layer.compile()  # in place: the strategy's hooks (FSDP2) stay on the module, traced with it
+            else:
+                layer.forward = torch.compile(layer.forward)  # the hooks around it (ZeRO-3's) run eagerly
 
 
 def loss_kwargs(fast_path: FastPath) -> dict:

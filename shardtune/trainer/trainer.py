@@ -131,7 +131,7 @@ class Trainer:
         self.fast_path = fast_path.choose(cfg.train, cfg.method, self.device.type, model.config.model_type)
         if self.fast_path.fused_loss:
             self.strategy.expose_head_to_fused_loss(model)
-        fast_path.apply(model, self.fast_path, decoder_layers)
+        fast_path.apply(model, self.fast_path, decoder_layers, self.strategy.compile_block_hooks)
         self.num_params, self.num_trainable_params = count_parameters(model)
         optimizer = strategy_spec(cfg.strategy).optimizer(cfg.strategy)
         self.strategy.wrap(model, make_optimizer_factory(cfg.optim, self.device, optimizer),

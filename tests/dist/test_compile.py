@@ -1,6 +1,6 @@
-"""train.compile=blocks compiles each decoder block in place (the strategy's hooks stay on it) and changes no loss:
-on 2 CPU workers under FSDP2 (and QLoRA's 4-bit base under DDP), compiled blocks give the eager run's losses step
-by step."""
+"""train.compile=blocks compiles each decoder block in place (the strategy's hooks stay on it; ZeRO-3's run around
+its compiled forward) and changes no loss: on 2 CPU workers under FSDP2 and ZeRO-3 (and QLoRA's 4-bit base under
+DDP), compiled blocks give the eager run's losses step by step."""
 import re
 
 from conftest import SHARED_RUNS, compose_cfg, run_shardtune, train_losses
@@ -62,3 +62,16 @@ def test_fused_lora_layers_in_compiled_checkpointed_blocks_give_peft_losses_unde
     assert sorted(fused) == sorted(peft)
     for step, loss in peft.items():
         assert fused[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step
+
+
+def test_compiled_blocks_give_the_eager_losses_under_zero3(shared_run, tmp_path):
+    """ZeRO-3's hooks are marked for the compiler not to trace: each decoder block is gathered whole (a ZeRO leaf
+    module) and only its forward is compiled, so no hook breaks the block's graph, checkpointed or not."""
+    eager = train_losses(shared_run("full-zero3"))
+    result = run_shardtune("train", *SHARED_RUNS["full-zero3"], "train.compile=blocks",
+                           "train.activation_checkpointing=true", f"output_dir={tmp_path}")
+    assert "0 graph breaks" in result.stdout + result.stderr
+    compiled = train_losses(tmp_path)
+    assert sorted(compiled) == sorted(eager)
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=AGREEMENT_RTOL), step

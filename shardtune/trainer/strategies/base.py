@@ -39,6 +39,10 @@ def _tensor_bytes(state) -> int:
 
 
 class Strategy:
+    # torch.compile traces a decoder block's hooks with the block (FSDP2's are written to be traced). A strategy whose
+    # hooks the compiler must not trace says False: then only the block's forward is compiled, its hooks run eagerly.
+    compile_block_hooks = True
+
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype):
         self.cfg = cfg
         self.device = device
