@@ -188,7 +188,8 @@ for part in "$@"; do
       # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the ZeRO-3 loss curve
       # with the fast path on and off (tests/gpu), the 8B LoRA pair again (HF + Liger's speed varied between calls),
       # then ZeRO-2 without overlapping communication (there is none on one GPU).
-      { timeout 150 python3 benchmarks/run.py full-fsdp full-zero3
+      { timeout 80 python3 benchmarks/run.py full-zero3
+        timeout 70 python3 benchmarks/run.py full-fsdp
       } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
       free_gpu
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
