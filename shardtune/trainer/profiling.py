@@ -2,7 +2,11 @@
 kernels, how much is communication or waiting on the host). Each rank writes a Chrome trace (open it in
 https://ui.perfetto.dev) and a table of its most expensive operators into <output_dir>/profile/; on a GPU also a
 record of the same steps' allocations (rank<R>-memory.pickle: https://pytorch.org/memory_viz, or
-benchmarks/memory_peak.py), to see what is alive at the peak."""
+benchmarks/memory_peak.py), to see what is alive at the peak.
+
+The allocation record is left out where compiled blocks are checkpointed: since PyTorch 2.11 recording allocations
+while a compiled function runs inside activation checkpointing ends the process ("SystemError: <built-in method apply
+of FunctionMeta> returned NULL", pytorch/pytorch#179536; an 8B LoRA run died of it, 2026-12-07)."""
 import logging
 from pathlib import Path
 
@@ -12,12 +16,21 @@ from torch.profiler import ProfilerActivity, profile
 log = logging.getLogger(__name__)
 
 
+def records_memory(device_type: str, compiled_and_checkpointed: bool) -> bool:
+    """Whether the profile holds an allocation record (see the module's doc for when it cannot)."""
+    return device_type == "cuda" and not compiled_and_checkpointed
+
+
 class StepProfiler:
-    def __init__(self, steps, output_dir, rank: int, device: torch.device):
+    def __init__(self, steps, output_dir, rank: int, device: torch.device, record_memory: bool):
         self.first, self.last = steps if steps else (0, -1)
         self.directory = Path(output_dir, "profile")
         self.rank, self.device = rank, device
+        self.record_memory = record_memory
         self.profiler = None
+        if steps and device.type == "cuda" and not record_memory and rank == 0:
+            log.warning("train.profile_steps: no allocation record (rank<R>-memory.pickle) with compiled blocks under "
+                        "activation checkpointing: PyTorch ends the process when both run (pytorch/pytorch#179536)")
 
     def step_started(self, step: int) -> None:
         """`step`: the number of the optimizer step about to run (1-based)."""
@@ -25,7 +38,7 @@ class StepProfiler:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.profiler = profile(activities=activities)
             self.profiler.start()
-            if self.device.type == "cuda":
+            if self.record_memory:
                 torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
 
     def step_done(self, step: int) -> None:
@@ -35,7 +48,7 @@ class StepProfiler:
             torch.cuda.synchronize()  # the kernels of the last step belong in the record
         self.profiler.stop()
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.device.type == "cuda":
+        if self.record_memory:
             torch.cuda.memory._dump_snapshot(str(self.directory / f"rank{self.rank}-memory.pickle"))
             torch.cuda.memory._record_memory_history(enabled=None)
         self.profiler.export_chrome_trace(str(self.directory / f"rank{self.rank}.json"))
