@@ -66,7 +66,8 @@ def test_fused_lora_layers_in_compiled_checkpointed_blocks_give_peft_losses_unde
 
 def test_compiled_blocks_give_the_eager_losses_under_zero3(shared_run, tmp_path):
     """ZeRO-3's hooks are marked for the compiler not to trace: each decoder block is gathered whole (a ZeRO leaf
-    module) and only its forward is compiled, so no hook breaks the block's graph, checkpointed or not."""
+    module) and only its forward is compiled, so no hook breaks the block's graph, here under activation
+    checkpointing (whose recompute gathers the block again)."""
     eager = train_losses(shared_run("full-zero3"))
     result = run_shardtune("train", *SHARED_RUNS["full-zero3"], "train.compile=blocks",
                            "train.activation_checkpointing=true", f"output_dir={tmp_path}")
