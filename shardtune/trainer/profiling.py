@@ -16,19 +16,15 @@ from torch.profiler import ProfilerActivity, profile
 log = logging.getLogger(__name__)
 
 
-def records_memory(device_type: str, compiled_and_checkpointed: bool) -> bool:
-    """Whether the profile holds an allocation record (see the module's doc for when it cannot)."""
-    return device_type == "cuda" and not compiled_and_checkpointed
-
-
 class StepProfiler:
-    def __init__(self, steps, output_dir, rank: int, device: torch.device, record_memory: bool):
+    def __init__(self, steps, output_dir, rank: int, device: torch.device, compiled_and_checkpointed: bool):
         self.first, self.last = steps if steps else (0, -1)
         self.directory = Path(output_dir, "profile")
         self.rank, self.device = rank, device
-        self.record_memory = record_memory
+        # The allocation record: on a GPU, except where compiled blocks are checkpointed (the module's doc says why).
+        self.record_memory = device.type == "cuda" and not compiled_and_checkpointed
         self.profiler = None
-        if steps and device.type == "cuda" and not record_memory and rank == 0:
+        if steps and device.type == "cuda" and compiled_and_checkpointed and rank == 0:
             log.warning("train.profile_steps: no allocation record (rank<R>-memory.pickle) with compiled blocks under "
                         "activation checkpointing: PyTorch ends the process when both run (pytorch/pytorch#179536)")
 

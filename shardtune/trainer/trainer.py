@@ -26,7 +26,7 @@ from ..run_dir import FINAL_DIR, checkpoint_dir
 from ..strategy_registry import strategy_spec
 from .. import attention
 from . import activations, checkpoint, collectives, fast_path, fp8, micro_batch_trial, nonfinite, preemption, pruning
-from .profiling import StepProfiler, records_memory
+from .profiling import StepProfiler
 from .metrics import (GIB, MetricsLogger, ThroughputMeter, flops_per_token, host_peak_gib, memory_stats, parameter_gib,
                       peak_flops)
 from .model import count_parameters, decoder_layers, model_source
@@ -199,9 +199,9 @@ class Trainer:
         label_tokens_since_log = 0
         strategy.model.train()
         first_step = self.step + 1  # of this process: a resumed run compiles again
-        compiled_and_checkpointed = self.fast_path.compile_blocks and cfg.train.activation_checkpointing
         profiler = StepProfiler(cfg.train.profile_steps, cfg.output_dir, self.rank, self.device,
-                                records_memory(self.device.type, compiled_and_checkpointed))
+                                compiled_and_checkpointed=self.fast_path.compile_blocks
+                                and cfg.train.activation_checkpointing)
         while self.step < self.total_steps:
             self.watch.step = self.step + 1
             self.throughput.step_started()

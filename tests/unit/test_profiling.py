@@ -5,13 +5,13 @@ from omegaconf import OmegaConf
 
 from shardtune.errors import ConfigError
 from shardtune.launcher.validation import _validate_train
-from shardtune.trainer.profiling import StepProfiler, records_memory
+from shardtune.trainer.profiling import StepProfiler
 
 from conftest import compose_cfg
 
 
 def test_the_steps_asked_for_are_recorded(tmp_path):
-    profiler = StepProfiler([2, 3], tmp_path, rank=1, device=torch.device("cpu"), record_memory=False)
+    profiler = StepProfiler([2, 3], tmp_path, rank=1, device=torch.device("cpu"), compiled_and_checkpointed=False)
     for step in range(1, 5):
         profiler.step_started(step)
         torch.ones(64, 64).matmul(torch.full((64, 64), float(step))).sum()
@@ -23,15 +23,17 @@ def test_the_steps_asked_for_are_recorded(tmp_path):
 
 
 def test_no_profile_by_default_writes_nothing(tmp_path):
-    profiler = StepProfiler([], tmp_path, rank=0, device=torch.device("cpu"), record_memory=False)
+    profiler = StepProfiler([], tmp_path, rank=0, device=torch.device("cpu"), compiled_and_checkpointed=False)
     profiler.step_started(1)
     profiler.step_done(1)
     assert not (tmp_path / "profile").exists()
 
 
-def test_no_allocation_record_where_compiled_blocks_are_checkpointed():
+def test_no_allocation_record_where_compiled_blocks_are_checkpointed(tmp_path):
     """PyTorch ends the process when allocations are recorded while compiled code runs inside activation checkpointing
     (pytorch/pytorch#179536): the profile leaves that record out there, and on CPU, which has none."""
+    def records_memory(device_type, compiled_and_checkpointed):
+        return StepProfiler([2, 3], tmp_path, 0, torch.device(device_type), compiled_and_checkpointed).record_memory
     assert records_memory("cuda", compiled_and_checkpointed=False)
     assert not records_memory("cuda", compiled_and_checkpointed=True)
     assert not records_memory("cpu", compiled_and_checkpointed=False)
