@@ -18,7 +18,7 @@ import pytest
 from cluster_env import job_finished, job_state, start_local_slurm, wait_for_job
 from conftest import FAST, final_val_loss, read_metrics, run_shardtune, train_losses
 
-STEPS = 60  # long enough that the signal lands mid-run, not after the last step
+STEPS = 30  # long enough that the signal (sent after step 2) lands mid-run, not after the last step
 RUN = ["cluster=slurm", "cluster.nodes=2", "launcher.nproc_per_node=2", "method=lora", "method.dropout=0",
        "logger=wandb", *FAST, f"train.max_steps={STEPS}"]
 
