@@ -185,21 +185,21 @@ for part in "$@"; do
       ;;
     zero-and-8b)
       # One call for what is left (most wanted first: a call cut short still brings back what it wrote): ZeRO-3
-      # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the ZeRO-3 loss curve
-      # with the fast path on and off (tests/gpu), the 8B LoRA pair again (HF + Liger's speed varied between calls),
+      # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the 8B LoRA pair again
+      # (HF + Liger's speed varied between calls), the ZeRO-3 loss curve with the fast path on and off (tests/gpu),
       # then ZeRO-2 without overlapping communication (there is none on one GPU).
       { timeout 80 python3 benchmarks/run.py full-zero3
         timeout 70 python3 benchmarks/run.py full-fsdp
+        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+          train.activation_checkpointing=true method.dropout=0
       } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
       free_gpu
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
       free_gpu
-      { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-          train.activation_checkpointing=true method.dropout=0
-        timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.overlap_comm=false
-      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.overlap_comm=false \
+        >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
       ;;
     qlora-and-zero2)
       # 8B QLoRA (checkpointed, compiled blocks) right after HF + Liger's; then ZeRO-2 on the 1B full fine-tune with
