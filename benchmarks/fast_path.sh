@@ -183,6 +183,16 @@ for part in "$@"; do
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.activation_offload=true
       } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
       ;;
+    zero3-and-8b)
+      # The shortest call for what is most wanted: ZeRO-3 gathering whole decoder blocks beside FSDP2, then the 8B
+      # LoRA pair again (about 300 s on an H100).
+      { timeout 80 python3 benchmarks/run.py full-zero3
+        timeout 70 python3 benchmarks/run.py full-fsdp
+        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+          train.activation_checkpointing=true method.dropout=0
+      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      ;;
     zero-and-8b)
       # One call for what is left (most wanted first: a call cut short still brings back what it wrote): ZeRO-3
       # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the 8B LoRA pair again
