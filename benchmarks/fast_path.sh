@@ -183,6 +183,12 @@ for part in "$@"; do
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.activation_offload=true
       } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
       ;;
+    zero3)
+      # ZeRO-3 gathering whole decoder blocks beside FSDP2 (about 130 s on an H100).
+      { timeout 80 python3 benchmarks/run.py full-zero3
+        timeout 70 python3 benchmarks/run.py full-fsdp
+      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      ;;
     zero3-and-8b)
       # The shortest call for what is most wanted: ZeRO-3 gathering whole decoder blocks beside FSDP2, then the 8B
       # LoRA pair again (about 300 s on an H100).
