@@ -10,6 +10,17 @@ full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, f
     timeout 240 python3 benchmarks/run.py full-ddp
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
+zero3_beside_fsdp() {  # the 1B full fine-tune on ZeRO-3 (whole decoder blocks gathered) and on FSDP2
+  { timeout 80 python3 benchmarks/run.py full-zero3
+    timeout 70 python3 benchmarks/run.py full-fsdp
+  } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+}
+lora_8b_pair() {  # 8B LoRA, checkpointed, micro batch 2, right after HF + Liger's
+  { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
+    timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+      train.activation_checkpointing=true method.dropout=0
+  } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+}
 for part in "$@"; do
   case $part in
     1b)
@@ -185,31 +196,20 @@ for part in "$@"; do
       ;;
     zero3)
       # ZeRO-3 gathering whole decoder blocks beside FSDP2 (about 130 s on an H100).
-      { timeout 80 python3 benchmarks/run.py full-zero3
-        timeout 70 python3 benchmarks/run.py full-fsdp
-      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      zero3_beside_fsdp
       ;;
     zero3-and-8b)
-      # The shortest call for what is most wanted: ZeRO-3 gathering whole decoder blocks beside FSDP2, then the 8B
-      # LoRA pair again (about 300 s on an H100).
-      { timeout 80 python3 benchmarks/run.py full-zero3
-        timeout 70 python3 benchmarks/run.py full-fsdp
-        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-          train.activation_checkpointing=true method.dropout=0
-      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      # The shortest call for what is most wanted: ZeRO-3 beside FSDP2, then the 8B LoRA pair again (about 300 s).
+      zero3_beside_fsdp
+      lora_8b_pair
       ;;
     zero-and-8b)
       # One call for what is left (most wanted first: a call cut short still brings back what it wrote): ZeRO-3
       # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the 8B LoRA pair again
       # (HF + Liger's speed varied between calls), the ZeRO-3 loss curve with the fast path on and off (tests/gpu),
       # then ZeRO-2 without overlapping communication (there is none on one GPU).
-      { timeout 80 python3 benchmarks/run.py full-zero3
-        timeout 70 python3 benchmarks/run.py full-fsdp
-        timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-        timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-          train.activation_checkpointing=true method.dropout=0
-      } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      zero3_beside_fsdp
+      lora_8b_pair
       free_gpu
       timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
@@ -234,17 +234,6 @@ for part in "$@"; do
         python3 benchmarks/trace_gaps.py "/tmp/bench/1b-full-$run-x1/profile/rank0.json" \
           > "$OUT/profiles/1b-full-$run-gaps.txt" 2>&1
       done
-      ;;
-    zero2)
-      # Why ZeRO-2 is 13% behind FSDP2 on one GPU (2026-12-07): without overlapping communication (there is none on
-      # one GPU), with larger buckets, then profiled (steps 8-9; the kernel table comes back), beside FSDP2.
-      mkdir -p "$OUT/profiles"
-      { timeout 70 python3 benchmarks/run.py full-fsdp
-        timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.overlap_comm=false
-        timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.reduce_bucket_size=500000000
-        timeout 80 python3 benchmarks/run.py full-zero2 --extra "train.profile_steps=[8,9]"
-      } >> "$OUT/zero2.jsonl" 2>> "$OUT/zero2.err"
-      cp /tmp/bench/1b-full-zero2-x1/profile/rank0-top.txt "$OUT/profiles/1b-full-zero2.txt"
       ;;
     zero)
       # ZeRO-2 and ZeRO-3 against FSDP2 on the 1B full fine-tune, one GPU, fast path on (the issue asks within 10%).
