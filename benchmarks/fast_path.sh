@@ -11,15 +11,25 @@ full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, f
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
 zero3_beside_fsdp() {  # the 1B full fine-tune on ZeRO-3 (whole decoder blocks gathered) and on FSDP2
-  { timeout 80 python3 benchmarks/run.py full-zero3
+  # 180 s: first on a cold machine, the run also makes the random 1B model and compiles with an empty cache (at 80 s
+  # it was cut off on 2026-12-07, bringing back nothing).
+  { timeout 180 python3 benchmarks/run.py full-zero3
     timeout 70 python3 benchmarks/run.py full-fsdp
   } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
 }
 lora_8b_pair() {  # 8B LoRA, checkpointed, micro batch 2, right after HF + Liger's
-  { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger
-    timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-      train.activation_checkpointing=true method.dropout=0
+  { hf_8b_lora
+    shardtune_8b_lora
   } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+}
+hf_8b_lora() { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger; }
+shardtune_8b_lora() {
+  timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+    train.activation_checkpointing=true method.dropout=0
+}
+keep_failures() {  # NAME: after a run, what it printed on stderr goes to $OUT/NAME.failed when it failed or timed out
+  local rc=$?
+  [ $rc -eq 0 ] || { echo "== exit $rc"; tail -c 4000 /tmp/run.err; } >> "$OUT/$1.failed"
 }
 for part in "$@"; do
   case $part in
@@ -194,14 +204,32 @@ for part in "$@"; do
         timeout 100 python3 benchmarks/run.py lora-ddp $B8 --extra $AC train.activation_offload=true
       } >> "$OUT/8b-eager.jsonl" 2>> "$OUT/8b-eager.err"
       ;;
-    zero3)
-      # ZeRO-3 gathering whole decoder blocks beside FSDP2 (about 130 s on an H100).
-      zero3_beside_fsdp
+    zero3-and-8b-twice)
+      # ZeRO-3 (not yet measured since it gathers whole blocks) beside FSDP2; then the 8B LoRA pair twice, in the order
+      # HF, shardtune, shardtune, HF: HF + Liger's speed moved by up to 12% between calls, and this order cancels a
+      # steady drift within the call. About 420 s on an H100.
+      for run in full-zero3:180 full-fsdp:100; do
+        timeout "${run#*:}" python3 benchmarks/run.py "${run%:*}" >> "$OUT/zero3.jsonl" 2> /tmp/run.err
+        keep_failures zero3
+      done
+      for run in hf_8b_lora shardtune_8b_lora shardtune_8b_lora hf_8b_lora; do
+        $run >> "$OUT/8b-lora.jsonl" 2> /tmp/run.err
+        keep_failures 8b-lora
+      done
       ;;
-    zero3-and-8b)
-      # The shortest call for what is most wanted: ZeRO-3 beside FSDP2, then the 8B LoRA pair again (about 300 s).
-      zero3_beside_fsdp
-      lora_8b_pair
+    zero2-and-zero3-test)
+      # ZeRO-2 against FSDP2 in one call: as it is, without overlapped communication (nothing to overlap on one
+      # rank), and without DeepSpeed's per-gradient overflow check under bf16 (six small kernels per parameter: the
+      # profile of 2026-12-07 found the step host-bound); then the ZeRO-3 loss curve with the fast path on and off
+      # (the other cases of that test took 190-205 s each). About 520 s on an H100.
+      for extra in "" strategy.overlap_comm=false +strategy.extra.bf16.check_grad_overflow=false; do
+        timeout 100 python3 benchmarks/run.py full-zero2 ${extra:+--extra $extra} >> "$OUT/zero2.jsonl" 2> /tmp/run.err
+        keep_failures zero2
+      done
+      timeout 100 python3 benchmarks/run.py full-fsdp >> "$OUT/zero2.jsonl" 2> /tmp/run.err
+      keep_failures zero2
+      timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
+        > "$OUT/fast-path-full-zero3.txt" 2>&1
       ;;
     zero-and-8b)
       # One call for what is left (most wanted first: a call cut short still brings back what it wrote): ZeRO-3
