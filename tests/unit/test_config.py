@@ -477,3 +477,14 @@ def test_train_cfg_job_prints_the_composed_config_and_starts_nothing(cli):
     assert printed.output_dir == str(cli.path / "cfg-job")
     assert "torch.distributed.run" not in result.stdout + result.stderr
     assert not (cli.path / "cfg-job").exists()
+
+
+@pytest.mark.parametrize("strategy, device_type, world_size, advised", [
+    ("zero2", "cuda", 1, True), ("zero3", "cuda", 1, True), ("zero3_offload", "cuda", 1, False),
+    ("zero2", "cuda", 2, False), ("zero2", "cpu", 1, False), ("fsdp", "cuda", 1, False)])
+def test_zero_on_one_gpu_without_offload_is_advised_against(caplog, strategy, device_type, world_size, advised):
+    validate(compose_cfg("method=full", f"strategy={strategy}"), device_type, world_size)
+    advice = [r.getMessage() for r in caplog.records if "on one GPU" in r.getMessage()]
+    assert advice == ([f"strategy={strategy} on one GPU: ZeRO divides the training state among ranks, and one rank "
+                       "has nothing to divide; strategy=ddp or fsdp trains the same faster (ZeRO on one GPU pays when "
+                       "it offloads to the host: strategy=zero3_offload)"] if advised else [])
