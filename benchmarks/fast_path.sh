@@ -231,6 +231,16 @@ for part in "$@"; do
       timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
       ;;
+    8b-profile)
+      # Where 8B LoRA's checkpointed step goes (steps 8-9): the kernel table and the trace's gaps (about 100 s).
+      mkdir -p "$OUT/profiles"
+      timeout 120 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
+        train.activation_checkpointing=true method.dropout=0 "train.profile_steps=[8,9]" >> "$OUT/8b-lora.jsonl" \
+        2> /tmp/run.err
+      keep_failures 8b-lora
+      cp /tmp/bench/8b-lora-ddp-x1/profile/rank0-top.txt "$OUT/profiles/8b-lora.txt"
+      python3 benchmarks/trace_gaps.py /tmp/bench/8b-lora-ddp-x1/profile/rank0.json > "$OUT/profiles/8b-lora-gaps.txt" 2>&1
+      ;;
     zero-and-8b)
       # One call for what is left (most wanted first: a call cut short still brings back what it wrote): ZeRO-3
       # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the 8B LoRA pair again
