@@ -10,27 +10,20 @@ full_1b_pair() {  # NAME: the 1B full fine-tune on one-rank DDP (bf16 weights, f
     timeout 240 python3 benchmarks/run.py full-ddp
   } >> "$OUT/$1.jsonl" 2>> "$OUT/$1.err"
 }
-zero3_beside_fsdp() {  # the 1B full fine-tune on ZeRO-3 (whole decoder blocks gathered) and on FSDP2
+bench() {  # NAME LIMIT ARGS...: benchmarks/run.py ARGS, its JSON line into $OUT/NAME.jsonl; stderr kept only on failure
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 benchmarks/run.py "$@" >> "$OUT/$name.jsonl" 2> /tmp/run.err \
+    || { echo "== $* (exit $?)"; tail -c 4000 /tmp/run.err; } >> "$OUT/$name.failed"
+}
+zero3_beside_fsdp() {  # NAME: the 1B full fine-tune on ZeRO-3 (whole decoder blocks gathered) and on FSDP2
   # 180 s: first on a cold machine, the run also makes the random 1B model and compiles with an empty cache (at 80 s
   # it was cut off on 2026-12-07, bringing back nothing).
-  { timeout 180 python3 benchmarks/run.py full-zero3
-    timeout 70 python3 benchmarks/run.py full-fsdp
-  } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+  bench "$1" 180 full-zero3
+  bench "$1" 100 full-fsdp
 }
-lora_8b_pair() {  # 8B LoRA, checkpointed, micro batch 2, right after HF + Liger's
-  { hf_8b_lora
-    shardtune_8b_lora
-  } >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
-}
-hf_8b_lora() { timeout 100 python3 benchmarks/run.py --baseline 8b-lora --liger; }
-shardtune_8b_lora() {
-  timeout 100 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-    train.activation_checkpointing=true method.dropout=0
-}
-keep_failures() {  # NAME: after a run, what it printed on stderr goes to $OUT/NAME.failed when it failed or timed out
-  local rc=$?
-  [ $rc -eq 0 ] || { echo "== exit $rc"; tail -c 4000 /tmp/run.err; } >> "$OUT/$1.failed"
-}
+B8_LORA_AC=(lora-ddp --size 8b --steps 12 --micro-batch 2 --extra train.activation_checkpointing=true method.dropout=0)
+hf_8b_lora() { bench "$1" 100 --baseline 8b-lora --liger; }  # NAME
+shardtune_8b_lora() { bench "$1" 100 "${B8_LORA_AC[@]}"; }  # NAME: 8B LoRA, checkpointed, micro batch 2
 for part in "$@"; do
   case $part in
     1b)
@@ -208,36 +201,25 @@ for part in "$@"; do
       # ZeRO-3 (not yet measured since it gathers whole blocks) beside FSDP2; then the 8B LoRA pair twice, in the order
       # HF, shardtune, shardtune, HF: HF + Liger's speed moved by up to 12% between calls, and this order cancels a
       # steady drift within the call. About 420 s on an H100.
-      for run in full-zero3:180 full-fsdp:100; do
-        timeout "${run#*:}" python3 benchmarks/run.py "${run%:*}" >> "$OUT/zero3.jsonl" 2> /tmp/run.err
-        keep_failures zero3
-      done
-      for run in hf_8b_lora shardtune_8b_lora shardtune_8b_lora hf_8b_lora; do
-        $run >> "$OUT/8b-lora.jsonl" 2> /tmp/run.err
-        keep_failures 8b-lora
-      done
+      zero3_beside_fsdp zero3
+      for run in hf_8b_lora shardtune_8b_lora shardtune_8b_lora hf_8b_lora; do $run 8b-lora; done
       ;;
     zero2-and-zero3-test)
       # ZeRO-2 against FSDP2 in one call: as it is, without overlapped communication (nothing to overlap on one
       # rank), and without DeepSpeed's per-gradient overflow check under bf16 (six small kernels per parameter: the
       # profile of 2026-12-07 found the step host-bound); then the ZeRO-3 loss curve with the fast path on and off
       # (the other cases of that test took 190-205 s each). About 520 s on an H100.
-      for extra in "" strategy.overlap_comm=false +strategy.extra.bf16.check_grad_overflow=false; do
-        timeout 100 python3 benchmarks/run.py full-zero2 ${extra:+--extra $extra} >> "$OUT/zero2.jsonl" 2> /tmp/run.err
-        keep_failures zero2
-      done
-      timeout 100 python3 benchmarks/run.py full-fsdp >> "$OUT/zero2.jsonl" 2> /tmp/run.err
-      keep_failures zero2
+      bench zero2 100 full-zero2
+      bench zero2 100 full-zero2 --extra strategy.overlap_comm=false
+      bench zero2 100 full-zero2 --extra +strategy.extra.bf16.check_grad_overflow=false
+      bench zero2 100 full-fsdp
       timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
       ;;
     8b-profile)
       # Where 8B LoRA's checkpointed step goes (steps 8-9): the kernel table and the trace's gaps (about 100 s).
       mkdir -p "$OUT/profiles"
-      timeout 120 python3 benchmarks/run.py lora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-        train.activation_checkpointing=true method.dropout=0 "train.profile_steps=[8,9]" >> "$OUT/8b-lora.jsonl" \
-        2> /tmp/run.err
-      keep_failures 8b-lora
+      bench 8b-lora 120 "${B8_LORA_AC[@]}" "train.profile_steps=[8,9]"
       cp /tmp/bench/8b-lora-ddp-x1/profile/rank0-top.txt "$OUT/profiles/8b-lora.txt"
       python3 benchmarks/trace_gaps.py /tmp/bench/8b-lora-ddp-x1/profile/rank0.json > "$OUT/profiles/8b-lora-gaps.txt" 2>&1
       ;;
@@ -246,14 +228,14 @@ for part in "$@"; do
       # gathering whole decoder blocks (ZeRO leaf modules, forward-only compile) beside FSDP2, the 8B LoRA pair again
       # (HF + Liger's speed varied between calls), the ZeRO-3 loss curve with the fast path on and off (tests/gpu),
       # then ZeRO-2 without overlapping communication (there is none on one GPU).
-      zero3_beside_fsdp
-      lora_8b_pair
+      zero3_beside_fsdp zero
+      hf_8b_lora zero
+      shardtune_8b_lora zero
       free_gpu
-      timeout 170 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
+      timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
       free_gpu
-      timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.overlap_comm=false \
-        >> "$OUT/zero.jsonl" 2>> "$OUT/zero.err"
+      bench zero 100 full-zero2 --extra strategy.overlap_comm=false
       ;;
     qlora-and-zero2)
       # 8B QLoRA (checkpointed, compiled blocks) right after HF + Liger's; then ZeRO-2 on the 1B full fine-tune with
