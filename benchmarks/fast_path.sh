@@ -241,14 +241,12 @@ for part in "$@"; do
       # 8B QLoRA (checkpointed, compiled blocks) right after HF + Liger's; then ZeRO-2 on the 1B full fine-tune with
       # larger buckets and profiled (steps 8-9; the kernel table comes back), for why it trails FSDP2 on one GPU.
       mkdir -p "$OUT/profiles"
-      { timeout 70 python3 benchmarks/run.py --baseline 8b-qlora --liger
-        timeout 90 python3 benchmarks/run.py qlora-ddp --size 8b --steps 12 --micro-batch 2 --extra \
-          train.activation_checkpointing=true method.dropout=0 train.compile=blocks
-      } >> "$OUT/qlora.jsonl" 2>> "$OUT/qlora.err"
-      { timeout 70 python3 benchmarks/run.py full-zero2 --extra strategy.reduce_bucket_size=500000000
-        timeout 80 python3 benchmarks/run.py full-zero2 --extra "train.profile_steps=[8,9]"
-        timeout 80 python3 benchmarks/run.py full-fsdp --extra "train.profile_steps=[8,9]"
-      } >> "$OUT/zero2.jsonl" 2>> "$OUT/zero2.err"
+      bench qlora 70 --baseline 8b-qlora --liger
+      bench qlora 90 qlora-ddp --size 8b --steps 12 --micro-batch 2 --extra train.activation_checkpointing=true \
+        method.dropout=0 train.compile=blocks
+      bench zero2 70 full-zero2 --extra strategy.reduce_bucket_size=500000000
+      bench zero2 80 full-zero2 --extra "train.profile_steps=[8,9]"
+      bench zero2 80 full-fsdp --extra "train.profile_steps=[8,9]"
       for run in zero2 fsdp; do
         cp "/tmp/bench/1b-full-$run-x1/profile/rank0-top.txt" "$OUT/profiles/1b-full-$run.txt"
         python3 benchmarks/trace_gaps.py "/tmp/bench/1b-full-$run-x1/profile/rank0.json" \

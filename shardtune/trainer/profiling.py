@@ -24,7 +24,7 @@ class StepProfiler:
         # The allocation record: on a GPU, except where compiled blocks are checkpointed (the module's doc says why).
         self.record_memory = device.type == "cuda" and not compiled_and_checkpointed
         self.profiler = None
-        if steps and device.type == "cuda" and compiled_and_checkpointed and rank == 0:
+        if steps and device.type == "cuda" and not self.record_memory and rank == 0:
             log.warning("train.profile_steps: no allocation record (rank<R>-memory.pickle) with compiled blocks under "
                         "activation checkpointing: PyTorch ends the process when both run (pytorch/pytorch#179536)")
 
