@@ -4,6 +4,7 @@ with SHARDTUNE_INJECT_NONFINITE (trainer/nonfinite.py says why)."""
 import pytest
 
 from conftest import FAST, read_metrics, run_shardtune
+from shardtune.run_dir import checkpoint_dir
 
 RUN = ["method=lora", "method.dropout=0", *FAST, "train.max_steps=8"]
 
@@ -19,6 +20,18 @@ def test_nan_loss_on_one_rank_stops_every_rank_after_that_step(tmp_path):
     for rank in (0, 1):  # both ranks saw the NaN gradient norm, though only rank 1's loss was NaN
         assert f"[rank{rank}]: FloatingPointError: gradient norm is nan at step 3" in result.stderr, result.stderr[-4000:]
     assert [row["step"] for row in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_deepspeed_bf16_stops_on_the_norm_without_its_own_overflow_check(tmp_path):
+    # shardtune turns DeepSpeed's bf16 overflow check off (strategies/deepspeed.py says why): DeepSpeed then applies
+    # the bad step, and the loop must stop right after it, on the gradient norm, before anything is saved.
+    result = run_shardtune("train", "method=full", "strategy=zero2", "train.precision=bf16", *FAST,
+                           "train.save_interval=3", f"output_dir={tmp_path / 'run'}", check=False,
+                           env={"SHARDTUNE_INJECT_NONFINITE": "1:3:nan"})
+    assert result.returncode == 1
+    assert "FloatingPointError: gradient norm is inf at step 3" in result.stderr, result.stderr[-4000:]
+    assert [row["step"] for row in read_metrics(tmp_path / "run")] == [1, 2]
+    assert not checkpoint_dir(tmp_path / "run", 3).exists()
 
 
 def test_bad_steps_are_skipped_up_to_the_limit(tmp_path):

@@ -377,5 +377,6 @@ def test_plan_for_zero3_prints_the_deepspeed_json(cli):
     assert deepspeed["zero_optimization"]["stage"] == 3
     assert deepspeed["train_micro_batch_size_per_gpu"] == 4 and deepspeed["gradient_accumulation_steps"] == 1
     assert deepspeed["bf16"]["enabled"] is False and deepspeed["fp16"]["enabled"] is False  # fp32 on CPU
+    assert deepspeed["bf16"]["check_grad_overflow"] is False  # the loop checks the gradient norm instead
     assert "total" in memory_rows(out)
     assert not (cli.path / "plan-zero3").exists()

@@ -49,7 +49,11 @@ def deepspeed_config(cfg, dtype: torch.dtype) -> dict:
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": train.grad_clip,
-        "bf16": {"enabled": dtype == torch.bfloat16},
+        # DeepSpeed's bf16 overflow check (ZeRO-1/2) launches a few small kernels per parameter before the step:
+        # on one H100 ZeRO-2 went from 0.87x to 0.94x of FSDP2's speed without it. The loop needs no such check: it
+        # stops on a non-finite gradient norm, which DeepSpeed computes anyway, after the same step and before
+        # anything is saved (skipping bad steps is refused with DeepSpeed). fp16's loss scaler keeps its check.
+        "bf16": {"enabled": dtype == torch.bfloat16, "check_grad_overflow": False},
         "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0},
         "zero_optimization": zero_optimization,
         "zero_allow_untested_optimizer": True,
