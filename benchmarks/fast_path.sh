@@ -205,13 +205,13 @@ for part in "$@"; do
       for run in hf_8b_lora shardtune_8b_lora shardtune_8b_lora hf_8b_lora; do $run 8b-lora; done
       ;;
     zero2-and-zero3-test)
-      # ZeRO-2 against FSDP2 in one call: as it is, without overlapped communication (nothing to overlap on one
-      # rank), and without DeepSpeed's per-gradient overflow check under bf16 (six small kernels per parameter: the
-      # profile of 2026-12-07 found the step host-bound); then the ZeRO-3 loss curve with the fast path on and off
-      # (the other cases of that test took 190-205 s each). About 520 s on an H100.
+      # ZeRO-2 against FSDP2 in one call: as it is (DeepSpeed's bf16 overflow check off since 2026-12-07: it was 0.87x
+      # with it, 0.94x without), also without overlapped communication (nothing to overlap on one rank), and with the
+      # check back on; then the ZeRO-3 loss curve with the fast path on and off (149 s on 2026-12-07). About 500 s
+      # on an H100.
       bench zero2 100 full-zero2
       bench zero2 100 full-zero2 --extra strategy.overlap_comm=false
-      bench zero2 100 full-zero2 --extra +strategy.extra.bf16.check_grad_overflow=false
+      bench zero2 100 full-zero2 --extra +strategy.extra.bf16.check_grad_overflow=true
       bench zero2 100 full-fsdp
       timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
