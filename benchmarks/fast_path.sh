@@ -216,6 +216,18 @@ for part in "$@"; do
       timeout 280 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_fast_path.py -k full-zero3 \
         > "$OUT/fast-path-full-zero3.txt" 2>&1
       ;;
+    8b-checkpoint-inside)
+      # The device's transformers (5.17) checkpointed each layer's __call__, around its compiled block; since
+      # 2026-12-07 shardtune checkpoints the forward, inside the compiled block, as newer transformers do (and CI's
+      # 5.25). The 8B LoRA pair with both, in the order HF, inside, around, inside, HF. Needs the code from before in
+      # the working tree: git archive 2853eee shardtune -o old-shardtune.tar (untracked; not to commit). About 500 s.
+      mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
+      hf_8b_lora 8b-lora
+      shardtune_8b_lora 8b-lora
+      PYTHONPATH=/tmp/old:$PYTHONPATH bench 8b-lora-around 100 "${B8_LORA_AC[@]}"
+      shardtune_8b_lora 8b-lora
+      hf_8b_lora 8b-lora
+      ;;
     8b-profile)
       # Where 8B LoRA's checkpointed step goes (steps 8-9): the kernel table and the trace's gaps (about 100 s).
       mkdir -p "$OUT/profiles"

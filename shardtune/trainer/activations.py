@@ -3,9 +3,9 @@ backward (every one, or every k-th), what a checkpointed layer keeps (only its i
 matmul and attention outputs as torchtitan's per-op selective checkpointing does), and whether the kept tensors wait
 for backward in pinned host memory (train.activation_offload).
 
-transformers does the wrapping (activation_checkpointing_enable: every_n_layers, offload; older releases need the
-two set after gradient_checkpointing_enable); this module picks the arguments, so every loading path (whole, FSDP2
-sharded, ZeRO-3) checkpoints the same way.
+transformers does the wrapping (activation_checkpointing_enable: every_n_layers, offload; for older releases this
+module wraps the layers' forward as the newer ones do); this module picks the arguments, so every loading path (whole,
+FSDP2 sharded, ZeRO-3) checkpoints the same way.
 """
 import functools
 
@@ -71,17 +71,26 @@ def enable(model, train_cfg, device_type: str, compiled: bool = False) -> None:
 
 
 def _enable_with_older_transformers(model, kwargs: dict, every: int, offload: bool) -> None:
-    """transformers releases without activation_checkpointing_enable (5.17 among them) have
-    gradient_checkpointing_enable, which checkpoints every layer and keeps what it saves on the GPU; the layer flags
-    and the checkpoint function it sets are then changed as the newer call sets them: every k-th layer from the
-    first, saving to pinned host memory."""
+    """transformers releases without activation_checkpointing_enable (5.17 among them) checkpoint a layer's __call__,
+    around a compiled block: the recompute then replays the compiled block eagerly from outside, with a selective
+    policy applied in Python operator by operator. The newer ones checkpoint the layer's forward, inside the compiled
+    block, where the compiler plans forward, recompute and backward as one graph (as torchtitan compiles its
+    checkpointed blocks). Do as the newer ones, on every k-th layer from the first, saving to pinned host memory
+    where asked; the layers' own flag stays off, or __call__ would checkpoint them a second time."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     checkpoint_func = functools.partial(_checkpoint_in_host_memory if offload else checkpoint, **kwargs)
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
-    for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = index % every == 0
-        layer._gradient_checkpointing_func = checkpoint_func
+    for layer in layers[::every]:
+        layer.forward = _checkpointed_forward(layer, layer.forward, checkpoint_func)
+
+
+def _checkpointed_forward(layer, forward, checkpoint_func):
+    @functools.wraps(forward)
+    def forward_with_checkpointing(*args, **kwargs):
+        if layer.training and torch.is_grad_enabled():  # without a backward there is nothing to recompute for
+            return checkpoint_func(functools.partial(forward, **kwargs), *args)
+        return forward(*args, **kwargs)
+    return forward_with_checkpointing
 
 
 def _checkpoint_in_host_memory(function, *args, **kwargs):

@@ -21,17 +21,20 @@ def train_cfg(checkpointing: bool = True, **values):
     return OmegaConf.create({"activation_checkpointing": checkpointing, **defaults, **values})
 
 
-def gradients(cfg, enable=activations.enable) -> dict:
+def gradients(cfg, enable=activations.enable, count_calls: bool = True) -> dict:
     architecture = OmegaConf.to_container(compose_cfg("model=tiny").model.architecture)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**architecture, "num_hidden_layers": 4}))
     model.config.use_cache = False
     enable(model, cfg, "cpu")  # on CPU, activation_offload is off (nothing to offload from)
     model.train()
+    calls = [0] * len(model.model.layers)
+    for index, layer in enumerate(model.model.layers if count_calls else []):  # a hook the compiler would trace
+        layer.mlp.register_forward_pre_hook(lambda module, args, index=index: calls.__setitem__(index, calls[index] + 1))
     ids = torch.randint(0, architecture["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
     model(input_ids=ids, labels=ids).loss.backward()
-    flags = [layer.gradient_checkpointing for layer in model.model.layers]
-    return {"flags": flags, **{name: p.grad.clone() for name, p in model.named_parameters()}}
+    recomputed = [count == 2 for count in calls]  # a checkpointed layer runs its forward again in backward
+    return {"flags": recomputed, **{name: p.grad.clone() for name, p in model.named_parameters()}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -45,7 +48,7 @@ def test_checkpointing_keeps_the_gradients(variant):
 
 
 def test_older_transformers_checkpoint_every_kth_layer_too():
-    """transformers without activation_checkpointing_enable: gradient_checkpointing_enable, then the layer flags."""
+    """transformers without activation_checkpointing_enable: the layers' forward wrapped here, every k-th."""
     def enable_as_on_older_transformers(model, cfg, device_type):
         activations._enable_with_older_transformers(model, {"use_reentrant": False}, every=2, offload=False)
 
@@ -55,6 +58,29 @@ def test_older_transformers_checkpoint_every_kth_layer_too():
     assert checkpointed.pop("flags") == [True, False, True, False]
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_older_transformers_checkpoint_inside_compiled_blocks():
+    """The older releases' layers as shardtune checkpoints them on a GPU: compiled blocks with the policy of compiled
+    blocks, the checkpoint traced inside each (no graph break), the same gradients as without checkpointing."""
+    import torch._dynamo
+
+    def enable_and_compile(model, cfg, device_type):
+        kwargs = {"use_reentrant": False, "context_fn": activations._small_products_contexts}
+        activations._enable_with_older_transformers(model, kwargs, every=1, offload=False)
+        for layer in model.model.layers:
+            layer.compile()
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    plain = gradients(train_cfg(False), count_calls=False)
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply sets
+        checkpointed = gradients(train_cfg(), enable_and_compile, count_calls=False)
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the blocks did compile
+    plain.pop("flags"), checkpointed.pop("flags")
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)
 
 
 def test_describe_names_what_is_kept_and_where():
