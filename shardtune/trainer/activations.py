@@ -3,9 +3,10 @@ backward (every one, or every k-th), what a checkpointed layer keeps (only its i
 matmul and attention outputs as torchtitan's per-op selective checkpointing does), and whether the kept tensors wait
 for backward in pinned host memory (train.activation_offload).
 
-transformers does the wrapping (activation_checkpointing_enable: every_n_layers, offload; for older releases this
-module wraps the layers' forward as the newer ones do); this module picks the arguments, so every loading path (whole,
-FSDP2 sharded, ZeRO-3) checkpoints the same way.
+transformers does the wrapping (activation_checkpointing_enable with every_n_layers; for older releases this module
+wraps the layers' forward as the newer ones do: inside a compiled block), and this module the offload (around a
+compiled block); it picks the arguments, so every loading path (whole, FSDP2 sharded, ZeRO-3) checkpoints the same
+way.
 """
 import functools
 
@@ -62,26 +63,30 @@ def enable(model, train_cfg, device_type: str, compiled: bool = False) -> None:
         kwargs["context_fn"] = _ops_policy_contexts
     elif compiled:
         kwargs["context_fn"] = _small_products_contexts
-    every, offload = train_cfg.activation_checkpointing_every, offloads(train_cfg, device_type)
+    every = train_cfg.activation_checkpointing_every
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every,
-                                              offload=offload)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
     else:
-        _enable_with_older_transformers(model, kwargs, every, offload)
+        _enable_with_older_transformers(model, kwargs, every)
+    if offloads(train_cfg, device_type):
+        _offload_what_checkpointed_layers_keep(model, every)
 
 
-def _enable_with_older_transformers(model, kwargs: dict, every: int, offload: bool) -> None:
-    """transformers releases without activation_checkpointing_enable (5.17 among them) checkpoint a layer's __call__,
-    around a compiled block: the recompute then replays the compiled block eagerly from outside, with a selective
-    policy applied in Python operator by operator. The newer ones checkpoint the layer's forward, inside the compiled
-    block, where the compiler plans forward, recompute and backward as one graph (as torchtitan compiles its
-    checkpointed blocks). Do as the newer ones, on every k-th layer from the first, saving to pinned host memory
-    where asked; the layers' own flag stays off, or __call__ would checkpoint them a second time."""
+def _checkpointed_layers(model, every: int) -> list:
+    """Every k-th decoder layer from the first, as transformers' every_n_layers picks them."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-    checkpoint_func = functools.partial(_checkpoint_in_host_memory if offload else checkpoint, **kwargs)
-    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
-    for layer in layers[::every]:
-        layer.forward = _checkpointed_forward(layer, layer.forward, checkpoint_func)
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)][::every]
+
+
+def _enable_with_older_transformers(model, kwargs: dict, every: int) -> None:
+    """transformers releases without activation_checkpointing_enable (5.17 among them) checkpoint a layer's __call__,
+    around a compiled block: the recompute then replays the whole compiled forward, matmuls backward never reads
+    included, with a selective policy applied in Python operator by operator. The newer ones checkpoint the layer's
+    forward, inside the compiled block, where the compiler plans forward, recompute and backward as one graph (as
+    torchtitan compiles its checkpointed blocks). Do as the newer ones; the layers' own flag stays off, or __call__
+    would checkpoint them a second time."""
+    for layer in _checkpointed_layers(model, every):
+        layer.forward = _checkpointed_forward(layer, layer.forward, functools.partial(checkpoint, **kwargs))
 
 
 def _checkpointed_forward(layer, forward, checkpoint_func):
@@ -93,9 +98,25 @@ def _checkpointed_forward(layer, forward, checkpoint_func):
     return forward_with_checkpointing
 
 
-def _checkpoint_in_host_memory(function, *args, **kwargs):
-    with torch.autograd.graph.save_on_cpu(pin_memory=True):
-        return checkpoint(function, *args, **kwargs)
+def _offload_what_checkpointed_layers_keep(model, every: int) -> None:
+    """What each checkpointed layer keeps for backward waits in pinned host memory: the layer is called under
+    save_on_cpu. Around the call, not inside the forward as transformers' own offload does: the compiler does not
+    trace save_on_cpu, and a compiled block would fall back to eager (a graph break). Python looks __call__ up on the
+    class, so each such layer's class becomes a subclass with that __call__ (FSDP2 subclasses it again, keeping it)."""
+    subclasses = {}
+    for layer in _checkpointed_layers(model, every):
+        cls = type(layer)
+        if cls not in subclasses:
+            subclasses[cls] = type(cls.__name__, (cls,), {"__call__": _call_keeping_in_host_memory(cls.__call__)})
+        layer.__class__ = subclasses[cls]
+
+
+def _call_keeping_in_host_memory(call):
+    @functools.wraps(call)
+    def call_keeping_in_host_memory(self, *args, **kwargs):
+        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+            return call(self, *args, **kwargs)
+    return call_keeping_in_host_memory
 
 
 def enable_for_run(model, cfg, device_type: str) -> None:

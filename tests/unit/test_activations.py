@@ -50,7 +50,7 @@ def test_checkpointing_keeps_the_gradients(variant):
 def test_older_transformers_checkpoint_every_kth_layer_too():
     """transformers without activation_checkpointing_enable: the layers' forward wrapped here, every k-th."""
     def enable_as_on_older_transformers(model, cfg, device_type):
-        activations._enable_with_older_transformers(model, {"use_reentrant": False}, every=2, offload=False)
+        activations._enable_with_older_transformers(model, {"use_reentrant": False}, every=2)
 
     plain = gradients(train_cfg(False))
     checkpointed = gradients(train_cfg(activation_checkpointing_every=2), enable_as_on_older_transformers)
@@ -60,6 +60,38 @@ def test_older_transformers_checkpoint_every_kth_layer_too():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_offloaded_layers_keep_their_tensors_in_host_memory_around_compiled_blocks(monkeypatch, compiled):
+    """activation_offload: each checkpointed layer is called under save_on_cpu, outside its compiled block (the
+    compiler does not trace save_on_cpu: no graph break), with the gradients unchanged. On CPU there is nothing to
+    offload from, so the offload is turned on by hand here, without pinning (which needs a GPU)."""
+    import torch._dynamo
+    unpinned = lambda pin_memory, **kwargs: real_save_on_cpu(pin_memory=False, **kwargs)  # noqa: E731
+    real_save_on_cpu = torch.autograd.graph.save_on_cpu
+    packed = []
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", lambda **kwargs: packed.append(1) or unpinned(**kwargs))
+
+    def enable_offloaded(model, cfg, device_type):
+        activations.enable(model, cfg, "cpu", compiled=compiled)
+        activations._offload_what_checkpointed_layers_keep(model, every=2)
+        if compiled:
+            for layer in model.model.layers:
+                layer.compile()
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    plain = gradients(train_cfg(False), count_calls=not compiled)
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply sets
+        offloaded = gradients(train_cfg(activation_checkpointing_every=2), enable_offloaded, count_calls=not compiled)
+    assert len(packed) == 2  # the two checkpointed layers of four, once each
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    if not compiled:
+        assert offloaded["flags"] == [True, False, True, False]
+    plain.pop("flags"), offloaded.pop("flags")
+    for name, grad in plain.items():
+        torch.testing.assert_close(offloaded[name], grad, msg=name)
+
+
 def test_older_transformers_checkpoint_inside_compiled_blocks():
     """The older releases' layers as shardtune checkpoints them on a GPU: compiled blocks with the policy of compiled
     blocks, the checkpoint traced inside each (no graph break), the same gradients as without checkpointing."""
@@ -67,7 +99,7 @@ def test_older_transformers_checkpoint_inside_compiled_blocks():
 
     def enable_and_compile(model, cfg, device_type):
         kwargs = {"use_reentrant": False, "context_fn": activations._small_products_contexts}
-        activations._enable_with_older_transformers(model, kwargs, every=1, offload=False)
+        activations._enable_with_older_transformers(model, kwargs, every=1)
         for layer in model.model.layers:
             layer.compile()
 
