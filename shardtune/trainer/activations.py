@@ -99,10 +99,11 @@ def _checkpointed_forward(layer, forward, checkpoint_func):
 
 
 def _offload_what_checkpointed_layers_keep(model, every: int) -> None:
-    """What each checkpointed layer keeps for backward waits in pinned host memory: the layer is called under
-    save_on_cpu. Around the call, not inside the forward as transformers' own offload does: the compiler does not
-    trace save_on_cpu, and a compiled block would fall back to eager (a graph break). Python looks __call__ up on the
-    class, so each such layer's class becomes a subclass with that __call__ (FSDP2 subclasses it again, keeping it)."""
+    """What each checkpointed layer keeps for backward waits in pinned host memory, its weights excepted. The hooks
+    go around the layer's call, not inside its forward as transformers' own offload puts them: the compiler does not
+    trace saved-tensor hooks, and a compiled block would fall back to eager (a graph break). Around a compiled block
+    the tensors it keeps include its weights, which stay where they are. Python looks __call__ up on the class, so
+    each such layer's class becomes a subclass with that __call__ (FSDP2 subclasses it again, keeping it)."""
     subclasses = {}
     for layer in _checkpointed_layers(model, every):
         cls = type(layer)
@@ -114,9 +115,29 @@ def _offload_what_checkpointed_layers_keep(model, every: int) -> None:
 def _call_keeping_in_host_memory(call):
     @functools.wraps(call)
     def call_keeping_in_host_memory(self, *args, **kwargs):
-        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+        weights = None  # the storages of the layer's parameters as its forward sees them (gathered under FSDP2)
+
+        def pack(tensor):
+            nonlocal weights
+            if weights is None:
+                weights = {param.untyped_storage().data_ptr() for param in self.parameters()}
+            if tensor.untyped_storage().data_ptr() in weights:
+                return None, tensor
+            return tensor.device, _to_host_memory(tensor)
+
+        def unpack(packed):
+            device, tensor = packed
+            return tensor if device is None else tensor.to(device, non_blocking=True)
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return call(self, *args, **kwargs)
     return call_keeping_in_host_memory
+
+
+def _to_host_memory(tensor):
+    in_host_memory = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=True)
+    in_host_memory.copy_(tensor)
+    return in_host_memory
 
 
 def enable_for_run(model, cfg, device_type: str) -> None:

@@ -61,19 +61,25 @@ def test_older_transformers_checkpoint_every_kth_layer_too():
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_offloaded_layers_keep_their_tensors_in_host_memory_around_compiled_blocks(monkeypatch, compiled):
-    """activation_offload: each checkpointed layer is called under save_on_cpu, outside its compiled block (the
-    compiler does not trace save_on_cpu: no graph break), with the gradients unchanged. On CPU there is nothing to
-    offload from, so the offload is turned on by hand here, without pinning (which needs a GPU)."""
+def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weights(monkeypatch, compiled):
+    """activation_offload: what each checkpointed layer keeps goes to host memory through hooks around its call,
+    outside its compiled block (the compiler does not trace them: no graph break), weights excepted (a compiled block
+    keeps its weights for backward), with the gradients unchanged. On CPU there is nothing to offload from, so the
+    offload is turned on by hand here, and the copy to pinned memory (which needs a GPU) records what it is given."""
     import torch._dynamo
-    unpinned = lambda pin_memory, **kwargs: real_save_on_cpu(pin_memory=False, **kwargs)  # noqa: E731
-    real_save_on_cpu = torch.autograd.graph.save_on_cpu
-    packed = []
-    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", lambda **kwargs: packed.append(1) or unpinned(**kwargs))
+    offloaded_storages = []
+
+    def to_host_memory(tensor):
+        offloaded_storages.append(tensor.untyped_storage().data_ptr())
+        return tensor.clone()
+
+    monkeypatch.setattr(activations, "_to_host_memory", to_host_memory)
+    weights = set()
 
     def enable_offloaded(model, cfg, device_type):
         activations.enable(model, cfg, "cpu", compiled=compiled)
         activations._offload_what_checkpointed_layers_keep(model, every=2)
+        weights.update(param.untyped_storage().data_ptr() for param in model.parameters())
         if compiled:
             for layer in model.model.layers:
                 layer.compile()
@@ -83,10 +89,11 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_around_compiled_bloc
     plain = gradients(train_cfg(False), count_calls=not compiled)
     with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply sets
         offloaded = gradients(train_cfg(activation_checkpointing_every=2), enable_offloaded, count_calls=not compiled)
-    assert len(packed) == 2  # the two checkpointed layers of four, once each
+    assert offloaded_storages and not weights.intersection(offloaded_storages)
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     if not compiled:
         assert offloaded["flags"] == [True, False, True, False]
+        assert len(offloaded_storages) == 2  # eager: the two checkpointed layers' inputs
     plain.pop("flags"), offloaded.pop("flags")
     for name, grad in plain.items():
         torch.testing.assert_close(offloaded[name], grad, msg=name)
