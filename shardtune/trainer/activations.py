@@ -115,12 +115,12 @@ def _offload_what_checkpointed_layers_keep(model, every: int) -> None:
 def _call_keeping_in_host_memory(call):
     @functools.wraps(call)
     def call_keeping_in_host_memory(self, *args, **kwargs):
-        weights = None  # the storages of the layer's parameters as its forward sees them (gathered under FSDP2)
+        weights = None  # the storages of the layer's weights as its forward sees them (gathered under FSDP2)
 
         def pack(tensor):
             nonlocal weights
             if weights is None:
-                weights = {param.untyped_storage().data_ptr() for param in self.parameters()}
+                weights = {tensor.untyped_storage().data_ptr() for tensor in _weights(self)}
             if tensor.untyped_storage().data_ptr() in weights:
                 return None, tensor
             return tensor.device, _to_host_memory(tensor)
@@ -132,6 +132,17 @@ def _call_keeping_in_host_memory(call):
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return call(self, *args, **kwargs)
     return call_keeping_in_host_memory
+
+
+def _weights(layer):
+    """The layer's parameters, and the tensors of the quantisation states of 4-bit ones (bitsandbytes' absmax and
+    code, nested for double quantisation): what a compiled block keeps for backward without computing it."""
+    for param in layer.parameters():
+        yield param
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            yield from (value for value in vars(state).values() if isinstance(value, torch.Tensor))
+            state = getattr(state, "state2", None)
 
 
 def _to_host_memory(tensor):

@@ -99,6 +99,16 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weight
         torch.testing.assert_close(offloaded[name], grad, msg=name)
 
 
+def test_the_weights_an_offload_leaves_include_4bit_quantisation_states():
+    import bitsandbytes as bnb
+    layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4", compress_statistics=True)
+    layer.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4",
+                                     compress_statistics=True)._quantize("cpu")
+    state = layer.weight.quant_state
+    kept = {id(tensor) for tensor in activations._weights(layer)}
+    assert {id(layer.weight), id(state.absmax), id(state.code), id(state.state2.absmax)} <= kept
+
+
 def test_older_transformers_checkpoint_inside_compiled_blocks():
     """The older releases' layers as shardtune checkpoints them on a GPU: compiled blocks with the policy of compiled
     blocks, the checkpoint traced inside each (no graph break), the same gradients as without checkpointing."""
