@@ -121,9 +121,10 @@ def _call_keeping_in_host_memory(call):
             nonlocal weights
             if weights is None:
                 weights = {tensor.untyped_storage().data_ptr() for tensor in _weights(self)}
-            if tensor.untyped_storage().data_ptr() in weights:
-                return None, tensor
-            return tensor.device, _to_host_memory(tensor)
+            in_host_memory = None
+            if tensor.untyped_storage().data_ptr() not in weights:
+                in_host_memory = _to_host_memory(tensor)
+            return (None, tensor) if in_host_memory is None else (tensor.device, in_host_memory)
 
         def unpack(packed):
             device, tensor = packed
@@ -146,9 +147,13 @@ def _weights(layer):
 
 
 def _to_host_memory(tensor):
-    in_host_memory = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=True)
-    in_host_memory.copy_(tensor)
-    return in_host_memory
+    """A copy in host memory (pinned where there is a GPU, so the copy back need not wait) with the tensor's strides,
+    which the copy back keeps: a compiled block's backward checks the layout of what it saved (the attention output is
+    transposed). None where a copy cannot have them (a view that is not dense, as a slice): that tensor stays put."""
+    in_host_memory = torch.empty_like(tensor, device="cpu", pin_memory=torch.cuda.is_available())
+    if in_host_memory.stride() != tensor.stride():
+        return None
+    return in_host_memory.copy_(tensor)
 
 
 def enable_for_run(model, cfg, device_type: str) -> None:

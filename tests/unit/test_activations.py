@@ -65,13 +65,13 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weight
     """activation_offload: what each checkpointed layer keeps goes to host memory through hooks around its call,
     outside its compiled block (the compiler does not trace them: no graph break), weights excepted (a compiled block
     keeps its weights for backward), with the gradients unchanged. On CPU there is nothing to offload from, so the
-    offload is turned on by hand here, and the copy to pinned memory (which needs a GPU) records what it is given."""
+    offload is turned on by hand here, and the copy to host memory records what it is given."""
     import torch._dynamo
-    offloaded_storages = []
+    offloaded_storages, copy = [], activations._to_host_memory
 
     def to_host_memory(tensor):
         offloaded_storages.append(tensor.untyped_storage().data_ptr())
-        return tensor.clone()
+        return copy(tensor)
 
     monkeypatch.setattr(activations, "_to_host_memory", to_host_memory)
     weights = set()
@@ -97,6 +97,35 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weight
     plain.pop("flags"), offloaded.pop("flags")
     for name, grad in plain.items():
         torch.testing.assert_close(offloaded[name], grad, msg=name)
+
+
+class Transposing(torch.nn.Module):
+    """A block that keeps a transposed tensor for backward, as a compiled decoder block on a GPU keeps the attention
+    output."""
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return torch.sin((x @ self.weight).view(4, 8, 16).transpose(0, 1)).sum()
+
+
+def test_offloaded_tensors_come_back_with_their_strides():
+    """A compiled block's backward checks the size and strides of what it kept (it failed on the GPU, 2026-12-07,
+    when the host copy was contiguous)."""
+    block = Transposing()
+    block.__class__ = type("Transposing", (Transposing,),
+                           {"__call__": activations._call_keeping_in_host_memory(Transposing.__call__)})
+    block.compile()
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    block(x).backward()
+    plain_x = x.detach().clone().requires_grad_()
+    Transposing()(plain_x).backward()
+    torch.testing.assert_close(x.grad, plain_x.grad)
+
+    transposed = torch.randn(8, 4).t()
+    assert activations._to_host_memory(transposed).stride() == transposed.stride()
+    assert activations._to_host_memory(torch.randn(8, 4)[:, :2]) is None  # not dense: it stays where it is
 
 
 def test_the_weights_an_offload_leaves_include_4bit_quantisation_states():
