@@ -221,10 +221,12 @@ for part in "$@"; do
       # 2026-12-07 shardtune checkpoints the forward, inside the compiled block, as newer transformers do (and CI's
       # 5.25). The 8B LoRA pair with both, in the order HF, inside, around, inside, HF. Needs the code from before in
       # the working tree: git archive 2853eee shardtune -o old-shardtune.tar (untracked; not to commit). About 500 s.
+      # PYTHONSAFEPATH: `python -m` (the launcher, torchrun's workers) would otherwise put the working directory, and
+      # the new code in it, before PYTHONPATH (on 2026-12-07 the "around" run measured the new code).
       mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
       hf_8b_lora 8b-lora
       shardtune_8b_lora 8b-lora
-      PYTHONPATH=/tmp/old:$PYTHONPATH bench 8b-lora-around 100 "${B8_LORA_AC[@]}"
+      PYTHONSAFEPATH=1 PYTHONPATH=/tmp/old:$PYTHONPATH bench 8b-lora-around 100 "${B8_LORA_AC[@]}"
       shardtune_8b_lora 8b-lora
       hf_8b_lora 8b-lora
       ;;
