@@ -22,8 +22,8 @@ LIGER_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused linear cross-entropy")
 # train.compile=auto compiles the blocks of every method, checkpointed or not, of the architectures below. Measured on
 # an H100 on 2026-12-06 (docs/benchmarks.md): 1B LoRA 1.28x over eager, 1B full fine-tuning under FSDP2 1.06x (44.0k
-# against 41.5k tokens/s, both with Liger's loss); with checkpointed blocks, 8B LoRA 10.3k and 8B QLoRA 8.1k tokens/s
-# against HF + Liger's 7.7k and 5.4k (eager shardtune was not run in that call). No graph break, no recompile; the
+# against 41.5k tokens/s, both with Liger's loss); with checkpointed blocks (2026-12-07), 8B LoRA 11.6k-11.8k and 8B
+# QLoRA 10.5k tokens/s against HF + Liger's 7.4k-7.6k and 5.4k. No graph break, no recompile; the
 # loss curve kept on the GPU for full, LoRA and QLoRA under DDP, FSDP2 and ZeRO-3 (tests/gpu/test_gpu_fast_path.py),
 # and checkpointed and 4-bit blocks give the eager losses on CPU workers (tests/dist/test_compile.py).
 
