@@ -147,10 +147,10 @@ def _weights(layer):
 
 
 def _to_host_memory(tensor):
-    """A copy in host memory (pinned where there is a GPU, so the copy back need not wait) with the tensor's strides,
+    """A copy in host memory (pinned for a GPU tensor, so the copy back need not wait) with the tensor's strides,
     which the copy back keeps: a compiled block's backward checks the layout of what it saved (the attention output is
     transposed). None where a copy cannot have them (a view that is not dense, as a slice): that tensor stays put."""
-    in_host_memory = torch.empty_like(tensor, device="cpu", pin_memory=torch.cuda.is_available())
+    in_host_memory = torch.empty_like(tensor, device="cpu", pin_memory=tensor.is_cuda)
     if in_host_memory.stride() != tensor.stride():
         return None
     return in_host_memory.copy_(tensor)
