@@ -121,10 +121,11 @@ def _call_keeping_in_host_memory(call):
             nonlocal weights
             if weights is None:
                 weights = {tensor.untyped_storage().data_ptr() for tensor in _weights(self)}
-            in_host_memory = None
             if tensor.untyped_storage().data_ptr() not in weights:
                 in_host_memory = _to_host_memory(tensor)
-            return (None, tensor) if in_host_memory is None else (tensor.device, in_host_memory)
+                if in_host_memory is not None:
+                    return tensor.device, in_host_memory
+            return None, tensor  # stays where it is
 
         def unpack(packed):
             device, tensor = packed

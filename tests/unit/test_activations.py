@@ -4,6 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from shardtune.errors import ConfigError
 from shardtune.launcher.validation import _validate_checkpointing
@@ -99,9 +100,9 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weight
         torch.testing.assert_close(offloaded[name], grad, msg=name)
 
 
-class Transposing(torch.nn.Module):
-    """A block that keeps a transposed tensor for backward, as a compiled decoder block on a GPU keeps the attention
-    output."""
+class Transposing(GradientCheckpointingLayer):
+    """A decoder layer that keeps a transposed tensor for backward, as a compiled decoder block on a GPU keeps the
+    attention output."""
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
@@ -114,8 +115,7 @@ def test_offloaded_tensors_come_back_with_their_strides():
     """A compiled block's backward checks the size and strides of what it kept (it failed on the GPU, 2026-12-07,
     when the host copy was contiguous)."""
     block = Transposing()
-    block.__class__ = type("Transposing", (Transposing,),
-                           {"__call__": activations._call_keeping_in_host_memory(Transposing.__call__)})
+    activations._offload_what_checkpointed_layers_keep(block, every=1)
     block.compile()
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
     block(x).backward()
