@@ -234,6 +234,16 @@ for part in "$@"; do
       shardtune_8b_lora 8b-lora
       hf_8b_lora 8b-lora
       ;;
+    offload-async)
+      # 8B LoRA, checkpointed and offloaded (train.activation_offload=true), with the copy to host memory queued on the
+      # stream (since 2026-12-07) and with the synchronous copy from before, in the order new, old, new. Needs the code
+      # from before: git archive 97ce027 shardtune -o old-shardtune.tar (untracked; not to commit). About 300 s.
+      mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
+      bench offload 100 "${B8_LORA_AC[@]}" train.activation_offload=true
+      PYTHONSAFEPATH=1 PYTHONPATH=/tmp/old:$PYTHONPATH bench offload-sync 100 "${B8_LORA_AC[@]}" \
+        train.activation_offload=true
+      bench offload 100 "${B8_LORA_AC[@]}" train.activation_offload=true
+      ;;
     8b-profile)
       # Where 8B LoRA's checkpointed step goes (steps 8-9): the kernel table and the trace's gaps (about 100 s).
       mkdir -p "$OUT/profiles"
