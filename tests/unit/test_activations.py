@@ -12,6 +12,16 @@ from shardtune.trainer import activations
 
 from conftest import compose_cfg
 
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo with no compiled graphs and its counters (graph breaks, unique graphs) at zero."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch._dynamo.utils.counters
+
+
 VARIANTS = {"every layer": {}, "every 2nd layer": {"activation_checkpointing_every": 2},
             "ops": {"activation_checkpointing_policy": "ops"}, "offloaded": {"activation_offload": True}}
 
@@ -62,7 +72,8 @@ def test_older_transformers_checkpoint_every_kth_layer_too():
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weights(monkeypatch, compiled):
+def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weights(monkeypatch, fresh_dynamo,
+                                                                                  compiled):
     """activation_offload: what each checkpointed layer keeps goes to host memory through hooks around its call,
     outside its compiled block (the compiler does not trace them: no graph break), weights excepted (a compiled block
     keeps its weights for backward), with the gradients unchanged. On CPU there is nothing to offload from, so the
@@ -85,13 +96,11 @@ def test_offloaded_layers_keep_their_tensors_in_host_memory_but_not_their_weight
             for layer in model.model.layers:
                 layer.compile()
 
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     plain = gradients(train_cfg(False), count_calls=not compiled)
     with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply sets
         offloaded = gradients(train_cfg(activation_checkpointing_every=2), enable_offloaded, count_calls=not compiled)
     assert offloaded_storages and not weights.intersection(offloaded_storages)
-    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    assert not fresh_dynamo["graph_break"], dict(fresh_dynamo["graph_break"])
     if not compiled:
         assert offloaded["flags"] == [True, False, True, False]
         assert len(offloaded_storages) == 2  # eager: the two checkpointed layers' inputs
@@ -138,7 +147,7 @@ def test_the_weights_an_offload_leaves_include_4bit_quantisation_states():
     assert {id(layer.weight), id(state.absmax), id(state.code), id(state.state2.absmax)} <= kept
 
 
-def test_older_transformers_checkpoint_inside_compiled_blocks():
+def test_older_transformers_checkpoint_inside_compiled_blocks(fresh_dynamo):
     """The older releases' layers as shardtune checkpoints them on a GPU: compiled blocks with the policy of compiled
     blocks, the checkpoint traced inside each (no graph break), the same gradients as without checkpointing."""
     import torch._dynamo
@@ -149,13 +158,11 @@ def test_older_transformers_checkpoint_inside_compiled_blocks():
         for layer in model.model.layers:
             layer.compile()
 
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     plain = gradients(train_cfg(False), count_calls=False)
     with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):  # as fast_path.apply sets
         checkpointed = gradients(train_cfg(), enable_and_compile, count_calls=False)
-    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the blocks did compile
+    assert not fresh_dynamo["graph_break"], dict(fresh_dynamo["graph_break"])
+    assert fresh_dynamo["stats"]["unique_graphs"] >= 1  # the blocks did compile
     plain.pop("flags"), checkpointed.pop("flags")
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
