@@ -15,6 +15,13 @@ bench() {  # NAME LIMIT ARGS...: benchmarks/run.py ARGS, its JSON line into $OUT
   timeout "$limit" python3 benchmarks/run.py "$@" >> "$OUT/$name.jsonl" 2> /tmp/run.err \
     || { echo "== $* (exit $?)"; tail -c 4000 /tmp/run.err; } >> "$OUT/$name.failed"
 }
+bench_old() {  # NAME LIMIT ARGS...: bench with the code from before, from old-shardtune.tar (git archive REV shardtune
+  # -o old-shardtune.tar; untracked, not to commit). PYTHONSAFEPATH: `python -m` (the launcher, torchrun's workers)
+  # would otherwise put the working directory, and the new code in it, before PYTHONPATH (on 2026-12-07 an "old" run
+  # measured the new code).
+  rm -rf /tmp/old && mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
+  PYTHONSAFEPATH=1 PYTHONPATH=/tmp/old:$PYTHONPATH bench "$@"
+}
 zero3_beside_fsdp() {  # NAME: the 1B full fine-tune on ZeRO-3 (whole decoder blocks gathered) and on FSDP2
   # 180 s: first on a cold machine, the run also makes the random 1B model and compiles with an empty cache (at 80 s
   # it was cut off on 2026-12-07, bringing back nothing).
@@ -223,26 +230,21 @@ for part in "$@"; do
     8b-checkpoint-inside)
       # The device's transformers (5.17) checkpointed each layer's __call__, around its compiled block; since
       # 2026-12-07 shardtune checkpoints the forward, inside the compiled block, as newer transformers do (and CI's
-      # 5.25). The 8B LoRA pair with both, in the order HF, inside, around, inside, HF. Needs the code from before in
-      # the working tree: git archive 2853eee shardtune -o old-shardtune.tar (untracked; not to commit). About 500 s.
-      # PYTHONSAFEPATH: `python -m` (the launcher, torchrun's workers) would otherwise put the working directory, and
-      # the new code in it, before PYTHONPATH (on 2026-12-07 the "around" run measured the new code).
-      mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
+      # 5.25). The 8B LoRA pair with both, in the order HF, inside, around, inside, HF. The code from before for
+      # bench_old: git archive 2853eee shardtune -o old-shardtune.tar. About 500 s.
       hf_8b_lora 8b-lora
       shardtune_8b_lora 8b-lora
-      PYTHONSAFEPATH=1 PYTHONPATH=/tmp/old:$PYTHONPATH bench 8b-lora-around 100 "${B8_LORA_AC[@]}"
+      bench_old 8b-lora-around 100 "${B8_LORA_AC[@]}"
       shardtune_8b_lora 8b-lora
       hf_8b_lora 8b-lora
       ;;
     offload-async)
       # 8B LoRA, checkpointed and offloaded (train.activation_offload=true), with the copy to host memory queued on the
-      # stream (since 2026-12-07) and with the synchronous copy from before, in the order new, old, new. Needs the code
-      # from before: git archive 97ce027 shardtune -o old-shardtune.tar (untracked; not to commit). About 160 s; on
-      # 2026-12-07, 10,911 and 10,908 tokens/s queued against 10,342 synchronous (H100).
-      mkdir -p /tmp/old && tar xf old-shardtune.tar -C /tmp/old
+      # stream (since 2026-12-07) and with the synchronous copy from before, in the order new, old, new. The code from
+      # before for bench_old: git archive 97ce027 shardtune -o old-shardtune.tar. About 160 s; on 2026-12-07, 10,911
+      # and 10,908 tokens/s queued against 10,342 synchronous (H100).
       bench offload 100 "${B8_LORA_AC[@]}" train.activation_offload=true
-      PYTHONSAFEPATH=1 PYTHONPATH=/tmp/old:$PYTHONPATH bench offload-sync 100 "${B8_LORA_AC[@]}" \
-        train.activation_offload=true
+      bench_old offload-sync 100 "${B8_LORA_AC[@]}" train.activation_offload=true
       bench offload 100 "${B8_LORA_AC[@]}" train.activation_offload=true
       ;;
     8b-profile)
